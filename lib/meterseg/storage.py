@@ -1,0 +1,198 @@
+"""Crop meter photos to their predicted reading region for storage: `meterseg compress`.
+
+Guarantees: IN_DIR is only read; every output is written to a temp file and renamed;
+a photo with no region found is copied whole and flagged; a bad file gets an error row
+and the batch goes on; a second run skips what is done, so a run can be killed and rerun.
+"""
+import csv
+import io
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data import PHOTO_EXT, DataError, load_photo, open_photo, _rgb
+from .infer import foreground_margin, margin_to_mask
+
+MANIFEST_FIELDS = ["source", "status", "method", "bytes_in", "bytes_out", "x0", "y0", "x1", "y1", "output", "confidence"]
+FORMATS = ("lossless", "jpeg", "webp", "png")
+JPEGTRAN = shutil.which("jpegtran")
+
+
+def region_box(mask):
+    """Bounding box (x0, y0, x1, y1), exclusive ends, of a bool (H, W) mask, or None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def grow_box(box, margin, size):
+    """Grow a box by margin x its longer side on every side, clipped to size = (W, H)."""
+    x0, y0, x1, y1 = box
+    pad = math.ceil(margin * max(x1 - x0, y1 - y0))
+    return max(0, x0 - pad), max(0, y0 - pad), min(size[0], x1 + pad), min(size[1], y1 + pad)
+
+
+def scale_box(box, src, dst):
+    """Map a box from an image of size src = (W, H) to one of size dst, covering every source pixel."""
+    sx, sy = dst[0] / src[0], dst[1] / src[1]
+    x0, y0, x1, y1 = box
+    return (max(0, math.floor(x0 * sx)), max(0, math.floor(y0 * sy)),
+            min(dst[0], math.ceil(x1 * sx)), min(dst[1], math.ceil(y1 * sy)))
+
+
+def gt_kept(box, truth):
+    """Share of ground-truth pixels of a bool mask inside box (1.0 when the truth is empty)."""
+    total = int(truth.sum())
+    if total == 0:
+        return 1.0
+    x0, y0, x1, y1 = box
+    return int(truth[y0:y1, x0:x1].sum()) / total
+
+
+def _atomic_write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def jpeg_lossless_crop(src, box):
+    """Crop a JPEG on its block grid with jpegtran, without re-encoding: (bytes, actual box).
+
+    jpegtran moves the top-left corner down to the block (iMCU) grid and keeps the far
+    corner, so the actual box holds the asked one. -perfect refuses what it cannot do exactly.
+    """
+    x0, y0, x1, y1 = box
+    r = subprocess.run([JPEGTRAN, "-copy", "all", "-perfect", "-crop", f"{x1 - x0}x{y1 - y0}+{x0}+{y0}", str(src)],
+                       capture_output=True, timeout=60)
+    if r.returncode != 0 or not r.stdout:
+        raise DataError(f"{src}: jpegtran failed: {r.stderr.decode(errors='replace').strip()[:200]}")
+    w, h = Image.open(io.BytesIO(r.stdout)).size
+    return r.stdout, (x1 - w, y1 - h, x1, y1)
+
+
+def encode(im, fmt, quality, exif=None):
+    """Encode a PIL image as jpeg, webp or png bytes (keeping EXIF where the format can)."""
+    buf = io.BytesIO()
+    kw = {"exif": exif} if exif else {}
+    if fmt == "jpeg":
+        im.save(buf, "JPEG", quality=quality, **kw)
+    elif fmt == "webp":
+        im.save(buf, "WEBP", quality=quality, method=4, **kw)
+    elif fmt == "png":
+        im.save(buf, "PNG", optimize=False)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+    return buf.getvalue()
+
+
+def crop_photo(src, model, cfg, margin=0.1, fmt="lossless", quality=90, device="cpu"):
+    """Predict one photo's region and crop it: (bytes, row fields). Raises DataError on a bad photo."""
+    small, orig = load_photo(src, cfg["size"])  # reduced-size decode for the model
+    x = torch.from_numpy(np.asarray(small).transpose(2, 0, 1).copy())[None]
+    mask, prob = margin_to_mask(foreground_margin(model, x, device)[0], orig)
+    box = region_box(mask)
+    if box is None:
+        return Path(src).read_bytes(), {"status": "no_region", "method": "copy", "confidence": 0.0,
+                                        "x0": 0, "y0": 0, "x1": orig[0], "y1": orig[1]}
+    conf = float(prob[mask].mean())
+    box = grow_box(box, margin, orig)
+    im = open_photo(src)
+    if fmt == "lossless" and im.format == "JPEG" and JPEGTRAN:
+        data, box = jpeg_lossless_crop(src, box)
+        method = "lossless-jpegtran"
+    else:
+        out_fmt = "png" if fmt == "lossless" else fmt  # lossless without jpegtran or for non-JPEG: PNG
+        data = encode(_rgb(im, src).crop(box), out_fmt, quality, im.info.get("exif"))
+        method = f"reencode-{out_fmt}"
+    return data, {"status": "ok", "method": method, "confidence": round(conf, 4),
+                  "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]}
+
+
+def _ext(method, src):
+    if method == "copy" or method.startswith("lossless"):
+        return Path(src).suffix
+    return {"reencode-jpeg": ".jpg", "reencode-webp": ".webp", "reencode-png": ".png"}[method]
+
+
+def read_manifest(path):
+    """Rows of a manifest, dropping a torn last line left by a kill."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for r in csv.DictReader(f) if None not in r.values() and r.get("confidence") is not None]
+
+
+def compress(model, cfg, in_dir, out_dir, margin=0.1, fmt="lossless", quality=90, device="cpu",
+             workers=None, progress=True):
+    """Crop every photo under in_dir into out_dir (same relative paths) and write manifest.csv.
+
+    Returns the manifest rows. Photos done by an earlier run are skipped; failed ones are retried.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
+    in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if not in_dir.is_dir():
+        raise DataError(f"{in_dir}: input folder not found")
+    if out_dir == in_dir or in_dir in out_dir.parents:
+        raise DataError(f"{out_dir}: the output folder must not be the input folder or inside it ({in_dir})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / "manifest.csv"
+    done = [r for r in read_manifest(manifest)
+            if r["status"] in ("ok", "no_region") and (out_dir / r["output"]).is_file()]
+    _write_manifest(manifest, done)  # drops error rows (retried now) and a torn line
+    skip = {r["source"] for r in done}
+    photos = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in PHOTO_EXT and p.is_file())
+    todo = [p for p in photos if p.relative_to(in_dir).as_posix() not in skip]
+
+    def one(src):
+        rel = src.relative_to(in_dir).as_posix()
+        row = {k: "" for k in MANIFEST_FIELDS} | {"source": rel}
+        try:
+            row["bytes_in"] = src.stat().st_size
+            data, fields = crop_photo(src, model, cfg, margin, fmt, quality, device)
+            out_rel = Path(rel).with_suffix(_ext(fields["method"], src)).as_posix()
+            _atomic_write(out_dir / out_rel, data)
+            row |= fields | {"bytes_out": len(data), "output": out_rel}
+        except (DataError, OSError, ValueError) as e:
+            row["status"] = f"error: {str(e).replace(chr(10), ' ')[:300]}"
+        return row
+
+    from tqdm import tqdm
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # parallel across photos instead; both cores stay busy through decode and I/O
+    rows = list(done)
+    try:
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool, \
+                open(manifest, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            for row in tqdm(pool.map(one, todo), total=len(todo), desc="compress", disable=not progress):
+                w.writerow(row)
+                f.flush()
+                rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def _write_manifest(path, rows):
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows({k: r.get(k, "") for k in MANIFEST_FIELDS} for r in rows)
+    os.replace(tmp, path)
