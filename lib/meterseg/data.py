@@ -374,7 +374,7 @@ def synthetic_photo(rng, size=(320, 240)):
     return im, quad
 
 
-def make_synthetic(dest, n=48, n_unlabelled=4, seed=0, size=(320, 240)):
+def make_synthetic(dest, n=96, n_unlabelled=4, seed=0, size=(320, 240)):
     """Write n synthetic labelled photos (upstream layout) and a few unlabelled ones under dest."""
     dest = Path(dest)
     rng = np.random.default_rng(seed)
