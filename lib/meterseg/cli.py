@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, fetch}."""
+"""Command line: meterseg {train, predict, evaluate, compress, study, fetch}."""
 import argparse
 import csv
 import dataclasses
@@ -101,6 +101,13 @@ def cmd_fetch(a):
     return 0
 
 
+def cmd_study(a):
+    from .study import run_notebooks
+    names = a.notebooks or sorted(p.stem for p in (D.REPO / "notebooks").glob("[0-9]*.ipynb"))
+    run_notebooks(names, a.profile, a.results or (D.REPO / "results" if a.profile == "cpu" else D.REPO / "results" / a.profile), a.data)
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -140,6 +147,13 @@ def build_parser():
     c.add_argument("in_dir")
     c.add_argument("out_dir")
     c.set_defaults(func=cmd_compress)
+
+    st = sub.add_parser("study", help="run the notebooks through papermill into results/")
+    st.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    st.add_argument("--results", help="output folder (default results/, or results/<profile> for other profiles)")
+    st.add_argument("--data", default="")
+    st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
+    st.set_defaults(func=cmd_study)
 
     f = sub.add_parser("fetch", help="download the upstream photos at the pinned commit and verify SHA-256")
     f.add_argument("--dest")

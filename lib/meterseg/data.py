@@ -322,7 +322,7 @@ def fetch_upstream(dest, base_url=None, sums_file=UPSTREAM_SUMS, progress=True):
     entries = [line.split(None, 1) for line in Path(sums_file).read_text().splitlines() if line.strip()]
     from tqdm.auto import tqdm
     failed = []
-    for digest, rel in tqdm(entries, desc="fetch", disable=not progress):
+    for i, (digest, rel) in enumerate(tqdm(entries, desc="fetch", disable=not progress)):
         rel = rel.strip().lstrip("*").removeprefix("./")
         target = dest / rel
         if target.exists() and sha256_file(target) == digest:
@@ -339,6 +339,9 @@ def fetch_upstream(dest, base_url=None, sums_file=UPSTREAM_SUMS, progress=True):
         except (OSError, DataError) as e:
             tmp.unlink(missing_ok=True)
             failed.append(f"{rel}: {e}")
+            if len(failed) == i + 1 == 3:  # nothing has worked: stop rather than try every file
+                raise DataError(f"{base_url}: the first downloads all failed ({e}); no network? "
+                                "Point METERSEG_DATA at a local copy of the photos.") from None
     if failed:
         raise DataError(f"{dest}: {len(failed)} of {len(entries)} files failed to fetch or verify, e.g. {failed[0]}")
     (dest / ".verified").write_text(f"{UPSTREAM_COMMIT}\n")
@@ -391,3 +394,25 @@ def make_synthetic(dest, n=96, n_unlabelled=4, seed=0, size=(320, 240)):
         else:
             im.save(dest / "test_imgs" / "test_imgs" / f"test_{i - n}.jpg", quality=90)
     return dest
+
+
+def data_card(root, split_path):
+    """One row per labelled photo: size, bytes, mask and box share of the photo, readings, split, error."""
+    import pandas as pd
+    rows = []
+    for stem, photo, label in find_pairs(root):
+        row = {"stem": stem, "bytes": photo.stat().st_size, "error": ""}
+        try:
+            w, h = open_photo(photo).size
+            m = truth_mask(photo, label)
+            ys, xs = np.nonzero(m)
+            box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1) if len(xs) else 0
+            readings = Path(label).read_text().split()[8:] if Path(label).suffix == ".txt" else []
+            row.update(width=w, height=h, mask_share=m.mean(), bbox_share=box / (w * h), n_readings=len(readings))
+        except DataError as e:
+            row["error"] = str(e)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    split = load_split(list(df["stem"]), split_path)
+    df["split"] = df["stem"].map(split)
+    return df

@@ -196,3 +196,108 @@ def _write_manifest(path, rows):
         w.writeheader()
         w.writerows({k: r.get(k, "") for k in MANIFEST_FIELDS} for r in rows)
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- storage analysis (notebook 05)
+
+def psnr(a, b):
+    """PSNR in dB of two uint8 arrays (inf when identical)."""
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def ssim(a, b, sigma=1.5):
+    """Mean SSIM (Wang et al. 2004; 11x11 Gaussian window, K1=0.01, K2=0.03) of two greyscale uint8 arrays."""
+    x = torch.from_numpy(a.astype(np.float64))[None, None]
+    y = torch.from_numpy(b.astype(np.float64))[None, None]
+    r = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-r**2 / (2 * sigma**2))
+    g = g / g.sum()
+    win = (g[:, None] * g[None, :])[None, None]
+    blur = lambda t: torch.nn.functional.conv2d(t, win)  # noqa: E731 ("valid" windows only)
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def _grey(im):
+    return np.asarray(im.convert("L"))
+
+
+def _largest_quality_under(im, target, fmt="jpeg"):
+    """The highest JPEG quality (1..95) whose bytes fit target, or 1: (quality, bytes)."""
+    lo, hi, best = 1, 95, None
+    while lo <= hi:
+        q = (lo + hi) // 2
+        data = encode(im, fmt, q)
+        if len(data) <= target:
+            best, lo = (q, data), q + 1
+        else:
+            hi = q - 1
+    return best or (1, encode(im, fmt, 1))
+
+
+def _largest_scale_under(im, target, quality=90):
+    """The largest downscale factor (bisection) whose JPEG fits target: (scale, bytes)."""
+    lo, hi, best = 0.02, 1.0, None
+    for _ in range(12):
+        s = (lo + hi) / 2
+        small = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.LANCZOS)
+        data = encode(small, "jpeg", quality)
+        if len(data) <= target:
+            best, lo = (s, data), s
+        else:
+            hi = s
+    return best or (lo, encode(im.resize((max(1, round(im.width * lo)), max(1, round(im.height * lo)))), "jpeg", quality))
+
+
+def crop_study(model, cfg, photos, truths, margins=(0.0, 0.05, 0.1, 0.2, 0.3), default_margin=0.1,
+               qualities=(30, 50, 70, 90), device="cpu"):
+    """Everything notebook 05 reports, per photo: (margins, formats, baselines) as lists of dicts.
+
+    truths: a bool mask per photo at its own size (or None for unlabelled photos).
+    """
+    from tqdm import tqdm
+    by_margin, by_format, baselines = [], [], []
+    for photo, truth in tqdm(list(zip(photos, truths)), desc="storage", disable=True):
+        photo = Path(photo)
+        small, orig = load_photo(photo, cfg["size"])
+        x = torch.from_numpy(np.asarray(small).transpose(2, 0, 1).copy())[None]
+        mask, _ = margin_to_mask(foreground_margin(model, x, device)[0], orig)
+        box0, n_in = region_box(mask), photo.stat().st_size
+        for m in margins:
+            if box0 is None:
+                data, box = photo.read_bytes(), (0, 0, *orig)
+            else:
+                data, box = jpeg_lossless_crop(photo, grow_box(box0, m, orig))
+            by_margin.append({"image": photo.stem, "margin": m, "bytes_in": n_in, "bytes_out": len(data),
+                              "found": box0 is not None, "gt_kept": gt_kept(box, truth) if truth is not None else np.nan,
+                              "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
+        if box0 is None or truth is None:
+            continue
+        full = _rgb(open_photo(photo), photo)
+        box = grow_box(box0, default_margin, orig)
+        crop = full.crop(box)
+        for fmt in ("jpeg", "webp"):
+            for q in qualities:
+                by_format.append({"image": photo.stem, "format": fmt, "quality": q, "bytes_out": len(encode(crop, fmt, q))})
+        by_format.append({"image": photo.stem, "format": "png", "quality": 100, "bytes_out": len(encode(crop, "png", 0))})
+        lossless, lbox = jpeg_lossless_crop(photo, box)
+        target = len(lossless)
+        roi = region_box(truth)  # judge legibility on the ground-truth region's box
+        ref = _grey(full.crop(roi))
+        cut = (roi[0] - lbox[0], roi[1] - lbox[1], roi[2] - lbox[0], roi[3] - lbox[1])
+        kept = _grey(Image.open(io.BytesIO(lossless)).convert("RGB").crop(cut)) if gt_kept(lbox, truth) == 1 else None
+        q, data = _largest_quality_under(full, target)
+        requal = _grey(Image.open(io.BytesIO(data)).convert("RGB").crop(roi))
+        s, data2 = _largest_scale_under(full, target)
+        down = _grey(Image.open(io.BytesIO(data2)).convert("RGB").resize(full.size, Image.Resampling.BICUBIC).crop(roi))
+        for name, rec, nbytes, setting in (("crop (lossless)", kept, target, default_margin),
+                                           ("whole photo, lower JPEG quality", requal, len(data), q),
+                                           ("whole photo, downscaled", down, len(data2), round(s, 3))):
+            baselines.append({"image": photo.stem, "method": name, "setting": setting, "bytes": nbytes,
+                              "psnr": psnr(ref, rec) if rec is not None else np.nan,
+                              "ssim": ssim(ref, rec) if rec is not None else np.nan})
+    return by_margin, by_format, baselines

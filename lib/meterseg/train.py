@@ -56,21 +56,22 @@ PROFILES = {
 
 
 def make_config(profile="cpu", **overrides):
-    """A Config from a profile plus overrides (None values are ignored)."""
+    """A Config from a profile plus overrides (None and "" mean: keep the profile's value)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: expected one of {sorted(PROFILES)}")
     known = {f.name for f in dataclasses.fields(Config)}
     bad = set(overrides) - known
     if bad:
         raise ValueError(f"unknown config fields {sorted(bad)}")
-    values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None and v != ""}}
     return Config(profile=profile, **values)
 
 
 def run_name(cfg):
     """A readable directory name for a run: model, gates, loss, seed."""
     gates = "g" + "".join(map(str, cfg.gates)) if cfg.gates else "nogate"
-    return f"{cfg.model}-{gates}-{cfg.loss}-s{cfg.seed}"
+    loss = cfg.loss + (f"{cfg.loss_weight:g}" if cfg.loss == "combo" and cfg.loss_weight != 0.36 else "")
+    return f"{cfg.model}-{gates}-{loss}-s{cfg.seed}"
 
 
 def git_commit():

@@ -1,0 +1,28 @@
+# Two commands do everything, set-up included:  make study   and   make test
+PROFILE ?= cpu
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The default profile writes the committed results/; others write results/<profile>/ (ignored by git).
+RESULTS ?= $(if $(filter cpu,$(PROFILE)),results,results/$(PROFILE))
+
+.PHONY: setup study test clean-runs
+
+setup: $(STAMP)
+
+# torch is pinned: a bare `torch` pulls a multi-GB CUDA build; 2.13.0 is the CPU wheel we test on.
+$(STAMP): requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@command -v jpegtran >/dev/null || echo "note: jpegtran not found; compress falls back to re-encoding (apt-get install libjpeg-turbo-progs)"
+	touch $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/meterseg study --profile $(PROFILE) --results $(RESULTS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+	METERSEG_PROFILE=smoke METERSEG_RESULTS=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks

@@ -1,0 +1,215 @@
+"""The study behind the notebooks: which runs make Tables I-III, how they are summarised and compared."""
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import REPO, find_pairs, load_split
+from .metrics import METRICS
+from .train import git_commit, make_config, resolve_data, run_name, split_file, train
+
+# The paper's numbers (mean ± SD in %), quoted beside ours; they are citations, not results.
+PAPER = {
+    "table1": {
+        "AttU + Dice": "81.75±0.15 71.93±0.14 87.53±0.13 81.08±0.83 97.55±0.01",
+        "AttU + CE": "81.91±0.17 72.37±0.28 88.23±0.11 81.73±0.44 97.63±0.04",
+        "AttU + 0.36(Dice+CE)": "82.98±0.05 74.37±0.11 89.09±0.09 82.73±0.23 97.71±0.02",
+    },
+    "table2": {
+        "gate 1": "81.13±0.12 73.14±0.04 88.15±0.16 82.21±0.64 97.58±0.11",
+        "gate 2": "81.56±0.09 72.43±0.15 87.66±0.13 82.15±0.88 97.46±0.06",
+        "gates 1+2": "82.98±0.05 74.37±0.11 89.09±0.09 82.73±0.23 97.71±0.02",
+    },
+    "table3": {
+        "U-Net": "81.21±0.14 71.75±0.13 87.47±0.11 81.05±0.92 97.54±0.03",
+        "AttU": "82.98±0.05 74.37±0.11 89.09±0.09 82.73±0.23 97.71±0.02",
+    },
+}
+
+# Each table row: its label and the config fields that differ from the paper's AttU.
+TABLES = {
+    "table1": {"AttU + Dice": dict(loss="dice"), "AttU + CE": dict(loss="ce"), "AttU + 0.36(Dice+CE)": dict()},
+    "table2": {"gate 1": dict(gates=(1,)), "gate 2": dict(gates=(2,)), "gates 1+2": dict()},
+    "table3": {"U-Net": dict(model="unet"), "AttU": dict()},
+}
+PAPER_ATTU = dict(model="attunet", gates=(1, 2), loss="combo")
+
+
+def runs_dir(results, profile):
+    return Path(results) / "runs" / profile
+
+
+def run_dir(results, cfg):
+    return runs_dir(results, cfg.profile) / run_name(cfg)
+
+
+def ensure_run(results, profile, seed, data="", **fields):
+    """Train (or reuse) the run of profile + fields + seed under results/runs/<profile>/; its summary."""
+    cfg = make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed, data=data)
+    return train(cfg, run_dir(results, cfg))
+
+
+def ensure_table(results, table, profile, seeds, data=""):
+    """Every run of a table for every seed; {row label: [summary per seed]}."""
+    return {label: [ensure_run(results, profile, s, data, **f) for s in seeds] for label, f in TABLES[table].items()}
+
+
+def load_run(results, profile, seed, **fields):
+    """(summary, history, per-image test metrics) of a finished run."""
+    d = run_dir(results, make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed))
+    return (json.loads((d / "summary.json").read_text()), pd.read_csv(d / "history.csv"),
+            pd.read_csv(d / "test_metrics.csv"))
+
+
+def seed_table(runs):
+    """Mean and SD (ddof=1) across seeds of each run's mean test metric, in %: one row per label."""
+    rows = []
+    for label, summaries in runs.items():
+        v = {m: np.array([s["test"][m] for s in summaries]) * 100 for m in METRICS}
+        row = {"model": label, "seeds": len(summaries)}
+        for m in METRICS:
+            row[m + "_mean"] = v[m].mean()
+            row[m + "_sd"] = v[m].std(ddof=1) if len(v[m]) > 1 else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df, paper=None, title=""):
+    """The paper's column order, 'mean±sd' in %, with the paper's row beside ours."""
+    head = "| Model | seeds | Dice% | Jaccard% | Precision% | Recall% | Acc% |" + (" paper (Dice Jac Prec Rec Acc) |" if paper else "")
+    lines = [f"**{title}**", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for r in df.to_dict("records"):
+        cells = [f"{r[m + '_mean']:.2f}±{r[m + '_sd']:.2f}" for m in METRICS]
+        tail = f" {paper.get(r['model'], '')} |" if paper else ""
+        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(cells) + " |" + tail)
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df, name, results, paper=None, title="", note=""):
+    """results/tables/<name>.csv and .md."""
+    out = Path(results) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / f"{name}.csv", index=False, float_format="%.4f")
+    (out / f"{name}.md").write_text(markdown_table(df, paper, title) + (f"\n{note}\n" if note else ""))
+    return out / f"{name}.md"
+
+
+def paired_difference(a, b, n_boot=10_000, seed=0):
+    """Paired comparison of per-image Dice b - a (DataFrames of test metrics, one per seed, same images).
+
+    Per seed: the mean difference. Per image (averaged over seeds): the mean difference,
+    a percentile bootstrap 95% CI over images, and a two-sided sign-flip permutation p-value.
+    """
+    per_seed = [float((tb.set_index("image")["dice"] - ta.set_index("image")["dice"]).mean()) for ta, tb in zip(a, b)]
+    da = pd.concat([t.set_index("image")["dice"] for t in a], axis=1).mean(axis=1)
+    db = pd.concat([t.set_index("image")["dice"] for t in b], axis=1).mean(axis=1)
+    d = (db - da.reindex(db.index)).to_numpy()
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
+    flips = rng.choice([-1.0, 1.0], (n_boot, len(d)))
+    null = np.abs((flips * d).mean(axis=1))
+    return {
+        "per_seed_mean_diff": per_seed, "n_images": len(d), "mean_diff": float(d.mean()),
+        "ci95": (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
+        "p_sign_flip": float((1 + (null >= abs(d.mean())).sum()) / (n_boot + 1)),
+        "images_better": int((d > 0).sum()), "images_worse": int((d < 0).sum()),
+    }
+
+
+def record(results, name, profile, seconds, **extra):
+    """Append a notebook's provenance (commit, profile, wall time) to results/provenance.json."""
+    path = Path(results) / "provenance.json"
+    prov = json.loads(path.read_text()) if path.exists() else {}
+    prov[name] = {"git_commit": git_commit(), "profile": profile, "wall_seconds": round(seconds, 1),
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(prov, indent=2) + "\n")
+    return prov[name]
+
+
+def resolve(profile="", results=""):
+    """The profile and results folder a notebook runs with: its parameters, else the
+    environment ($METERSEG_PROFILE, $METERSEG_RESULTS), else cpu and <repo>/results."""
+    profile = profile or os.environ.get("METERSEG_PROFILE") or "cpu"
+    results = Path(results or os.environ.get("METERSEG_RESULTS") or REPO / "results")
+    return profile, results.resolve()
+
+
+def test_pairs(profile, data=""):
+    """(photos, labels) of the test split of the profile's dataset, in stem order."""
+    root = resolve_data(make_config(profile, data=data))
+    pairs = find_pairs(root)
+    split = load_split([s for s, _, _ in pairs], split_file(root))
+    test = [(p, l) for s, p, l in pairs if split[s] == "test"]
+    return [p for p, _ in test], [l for _, l in test]
+
+
+def time_to_quality(histories, thresholds=(0.90, 0.93)):
+    """Training seconds (cumulative over epochs) until validation Dice first reaches each threshold."""
+    rows = []
+    for label, h in histories.items():
+        t = h["seconds"].cumsum()
+        row = {"run": label}
+        for th in thresholds:
+            hit = h.index[h["val_dice"] >= th]
+            row[f"epoch_to_{th:.2f}"] = int(h.loc[hit[0], "epoch"]) if len(hit) else None
+            row[f"seconds_to_{th:.2f}"] = float(t[hit[0]]) if len(hit) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ship_model(results, profile, seeds):
+    """Copy the paper AttU with the best validation Dice (not test Dice) to results/models/attunet.pt."""
+    runs = [(load_run(results, profile, s)[0], s) for s in seeds]
+    best, seed = max(runs, key=lambda r: r[0]["best_val_dice"])
+    src = run_dir(results, make_config(profile, **PAPER_ATTU, seed=seed)) / "best.pt"
+    out = Path(results) / "models"
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, out / "attunet.pt")
+    t = best["test"]
+    (out / "README.md").write_text(
+        f"# attunet.pt\n\nThe `{profile}`-profile Attention U-Net (gates 1+2, 0.36(CE+Dice)) of seed {seed}, "
+        f"chosen among seeds {list(seeds)} by validation Dice ({best['best_val_dice']:.4f}, epoch {best['best_epoch']}).\n\n"
+        f"Test split ({t['n']} photos, metrics at each photo's original size, SD with ddof=1):\n\n"
+        + "| metric | mean | sd |\n|---|---|---|\n"
+        + "".join(f"| {m} | {100 * t[m]:.2f}% | {100 * t[m + '_sd']:.2f}% |\n" for m in METRICS)
+        + f"| pooled dice | {100 * t['pooled_dice']:.2f}% | |\n\n"
+        f"Produced by commit `{best['git_commit']}` on {best['device']} ({best['train_seconds']:.0f} s of training).\n\n"
+        "Use: `meterseg predict --checkpoint results/models/attunet.pt --out masks/ photo.jpg`\n")
+    return out / "attunet.pt", best
+
+
+def loss_scale_comparison(results, profile, seed, data=""):
+    """The paper's 0.36(CE+Dice) against 1.0(CE+Dice), same seed: per-epoch validation Dice side by side."""
+    a = ensure_run(results, profile, seed, data)
+    b = ensure_run(results, profile, seed, data, loss_weight=1.0)
+    ha, hb = load_run(results, profile, seed)[1], load_run(results, profile, seed, loss_weight=1.0)[1]
+    df = pd.DataFrame({"epoch": ha["epoch"], "loss_0.36": ha["train_loss"], "loss_1.0": hb["train_loss"],
+                       "val_dice_0.36": ha["val_dice"], "val_dice_1.0": hb["val_dice"]})
+    df["loss_ratio"] = df["loss_0.36"] / df["loss_1.0"]
+    df["val_dice_diff"] = df["val_dice_1.0"] - df["val_dice_0.36"]
+    return df, a["test"]["dice"], b["test"]["dice"]
+
+
+def run_notebooks(names, profile, results, data=""):
+    """Execute notebooks/<name>.ipynb with papermill into results/notebooks/, recording wall times."""
+    import papermill as pm
+    results = Path(results).resolve()
+    (results / "notebooks").mkdir(parents=True, exist_ok=True)
+    times, t0 = {}, time.time()
+    for name in names:
+        t = time.time()
+        print(f"[study] {name} (profile {profile}) ...", flush=True)
+        pm.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", results / "notebooks" / f"{name}.ipynb",
+                            parameters={"PROFILE": profile, "RESULTS": str(results), "DATA": data},
+                            cwd=str(REPO / "notebooks"), progress_bar=False)
+        times[name] = round(time.time() - t, 1)
+        print(f"[study] {name}: {times[name]:.0f} s", flush=True)
+    total = time.time() - t0
+    record(results, "study", profile, total, notebook_seconds=times)
+    print(f"[study] total {total / 60:.1f} min; executed notebooks in {results / 'notebooks'}")
+    return times
