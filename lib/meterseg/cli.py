@@ -165,6 +165,6 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     try:
         return a.func(a)
-    except (D.DataError, CheckpointError, ValueError) as e:
+    except (D.DataError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,29 +39,28 @@ def predict_mask(model, cfg, photo):
     return margin_to_mask(foreground_margin(model, x)[0], orig)[0]
 
 
-def comparison(models, photos, labels, boxes=True):
-    """Fig. 3: photo, ground truth, then each model's mask; red boxes where the last model
-    is right and another is wrong. models: {name: (model, cfg)}."""
+def comparison(models, photos, labels):
+    """Fig. 3: photo, ground truth, then each model's mask. On the last model's panel, red marks
+    pixels it gets right and the model before it gets wrong, yellow the reverse.
+    models: {name: (model, cfg)}, the model of interest last."""
     fig, axes = plt.subplots(len(photos), 2 + len(models), figsize=(2.6 * (2 + len(models)), 2.4 * len(photos)),
                              squeeze=False)
     for row, (photo, label) in zip(axes, zip(photos, labels)):
         full, _ = load_photo(photo)
         truth = truth_mask(photo, label)
         preds = {name: predict_mask(m, c, photo) for name, (m, c) in models.items()}
-        box = region_box(truth)
-        zoom = _zoom(box, truth.shape)
         overlay(row[0], full, None, title=Path(photo).stem)
         overlay(row[1], full, truth, title="ground truth")
-        last = list(preds)[-1]
         for ax, (name, pred) in zip(row[2:], preds.items()):
             d = 2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1)
             overlay(ax, full, pred, color=(0, 0.6, 1), title=f"{name} (Dice {d:.3f})")
-            if boxes and name != last:
-                better = (preds[last] == truth) & (pred != truth)  # where the last model wins
-                b = region_box(better)
-                if b is not None:
-                    row[2 + list(preds).index(last)].add_patch(plt.Rectangle(
-                        (b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, ec="red", lw=1.2))
+        if len(preds) > 1:
+            (_, before), (_, last) = list(preds.items())[-2:]
+            layer = np.zeros(truth.shape + (4,))
+            layer[(last == truth) & (before != truth)] = (1, 0, 0, 1)  # the last model wins
+            layer[(last != truth) & (before == truth)] = (1, 0.85, 0, 1)  # the one before wins
+            row[-1].imshow(layer)
+        zoom = _zoom(region_box(truth), truth.shape)
         for ax in row:
             ax.set_xlim(zoom[0], zoom[2])
             ax.set_ylim(zoom[3], zoom[1])
@@ -93,7 +92,7 @@ def attention_maps(model, cfg, photos):
         for ax, g in zip(row[1:], gates):
             a = att[g][0, 0].numpy()
             ax.imshow(im)
-            h = ax.imshow(a, cmap="magma", alpha=0.6, vmin=0, vmax=1)
+            h = ax.imshow(a, cmap="magma", alpha=0.6, vmin=0, vmax=1, extent=(0, im.width, im.height, 0))
             ax.set_title(f"gate {g}: alpha ({a.shape[0]}x{a.shape[1]})", fontsize=8)
             ax.axis("off")
         fig.colorbar(h, ax=row[-1], fraction=0.046)

@@ -150,7 +150,10 @@ def compress(model, cfg, in_dir, out_dir, margin=0.1, fmt="lossless", quality=90
         raise DataError(f"{in_dir}: input folder not found")
     if out_dir == in_dir or in_dir in out_dir.parents:
         raise DataError(f"{out_dir}: the output folder must not be the input folder or inside it ({in_dir})")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     manifest = out_dir / "manifest.csv"
     done = [r for r in read_manifest(manifest)
             if r["status"] in ("ok", "no_region") and (out_dir / r["output"]).is_file()]

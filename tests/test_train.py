@@ -1,0 +1,99 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import tiny_config
+from meterseg.infer import CheckpointError, load_model
+from meterseg.train import make_config, train
+
+
+def test_smoke_run_writes_a_complete_run(smoke_run):
+    out, s = smoke_run
+    for f in ("config.json", "history.csv", "best.pt", "test_metrics.csv", "summary.json"):
+        assert (out / f).exists(), f
+    assert not (out / "last.pt").exists()
+    assert s["test"]["dice"] > 0.7  # synthetic windows are easy; a broken model scores ~0.1
+    assert len(pd.read_csv(out / "history.csv")) == 15
+    for k in ("git_commit", "seed", "device", "train_seconds"):
+        assert k in s
+    ck = torch.load(out / "best.pt", weights_only=True)
+    assert json.loads(ck["config"])["model"] == "attunet"
+
+
+def test_finished_run_is_reused_and_other_config_refused(smoke_run):
+    out, s = smoke_run
+    mtime = (out / "best.pt").stat().st_mtime_ns
+    assert train(make_config("smoke"), out) == s
+    assert (out / "best.pt").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="another config"):
+        train(make_config("smoke", seed=5), out)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    a = train(tiny_config(epochs=2), tmp_path / "a")
+    b = train(tiny_config(epochs=2), tmp_path / "b")
+    assert a["test"] == b["test"]
+    c = train(tiny_config(epochs=2, seed=1, data="synthetic"), tmp_path / "c")
+    assert c["test"] != a["test"]
+
+
+def test_kill_9_then_resume_gives_the_same_result(tmp_path):
+    args = dict(size=64, base=8, epochs=5, step_size=2)
+    ref = train(tiny_config(**args), tmp_path / "ref")
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "meterseg", "train", "--profile", "smoke", "--out", str(out)] + \
+          [x for k, v in args.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        h = out / "history.csv"
+        if h.exists() and len(h.read_text().splitlines()) >= 3:  # two epochs done
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert (out / "last.pt").exists() and not (out / "summary.json").exists()
+    resumed = train(tiny_config(**args), out)
+    cols = ["epoch", "train_loss", "val_dice", "lr"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "history.csv")[cols], pd.read_csv(tmp_path / "ref" / "history.csv")[cols])
+    assert resumed["test"] == ref["test"]
+
+
+def test_checkpoint_loading_is_safe(smoke_run, tmp_path):
+    out, _ = smoke_run
+    model, cfg = load_model(out / "best.pt", expect={"model": "attunet"})
+    assert cfg["base"] == 8
+    with pytest.raises(CheckpointError, match="model='attunet' but 'unet' was asked for"):
+        load_model(out / "best.pt", expect={"model": "unet"})
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+    torch.save({"state_dict": {}, "config": "{}", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="evil.pt: refused"):
+        load_model(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_model(tmp_path / "junk.pt")
+    ck = torch.load(out / "best.pt", weights_only=True)
+    cfg = json.loads(ck["config"])
+    ck["config"] = json.dumps({**cfg, "base": 16})  # config says one width, weights another
+    torch.save(ck, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit"):
+        load_model(tmp_path / "mismatch.pt")
+
+
+def test_unknown_profile_and_field():
+    with pytest.raises(ValueError, match="unknown profile"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="unknown config fields"):
+        make_config("cpu", widht=3)
