@@ -106,7 +106,7 @@ def test_photo_kinds_in_predict_and_compress(kind, good_dir, smoke_run, tmp_path
 
     model, cfg = load_model(ckpt)
     rows = {r["source"]: r for r in S.compress(model, cfg, good_dir, tmp_path / "out", progress=False)}
-    assert rows["train_47.jpg"]["status"] == "ok"
+    assert rows["train_47.jpg"]["status"] in ("ok", "no_region")  # a synthetic-trained model may find nothing
     if bad:
         assert rows[name]["status"].startswith("error:") and name in rows[name]["status"]
     else:

@@ -139,7 +139,7 @@ def build_parser():
 
     c = sub.add_parser("compress", help="crop photos to the predicted reading region, with a manifest")
     c.add_argument("--checkpoint", required=True)
-    c.add_argument("--margin", type=float, default=0.1, help="growth of the box, as a share of its longer side")
+    c.add_argument("--margin", type=float, default=0.2, help="growth of the box, as a share of its longer side")
     c.add_argument("--format", default="lossless", choices=["lossless", "jpeg", "webp", "png"])
     c.add_argument("--quality", type=int, default=90)
     c.add_argument("--workers", type=int)

@@ -204,8 +204,8 @@ def _load_pair(args):
         return stem, None, None, None, str(e)
 
 
-def _fingerprint(pairs, size):
-    h = hashlib.sha256(f"{CACHE_VERSION}:{size}".encode())
+def _fingerprint(root, pairs, size):
+    h = hashlib.sha256(f"{CACHE_VERSION}:{size}:{Path(root).resolve()}".encode())
     for stem, photo, label in pairs:
         for p in (photo, label):
             st = p.stat() if p.exists() else None
@@ -222,9 +222,12 @@ def load_dataset(root, size, cache_dir=None, progress=False):
     root = Path(root)
     pairs = find_pairs(root)
     cache_dir = Path(cache_dir or os.environ.get("METERSEG_CACHE", REPO / "data" / "cache"))
-    cache = cache_dir / f"{root.name}-{size}-{_fingerprint(pairs, size)}.pt"
+    cache = cache_dir / f"{root.name}-{size}-{_fingerprint(root, pairs, size)}.pt"
     if cache.exists():
-        return torch.load(cache, weights_only=True)
+        ds = torch.load(cache, weights_only=True)
+        for e in ds["errors"]:
+            warnings.warn(f"skipped: {e}", stacklevel=2)
+        return ds
     from tqdm.auto import tqdm
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # PIL decodes without the GIL
         jobs = pool.map(_load_pair, [(s, p, l, size) for s, p, l in pairs])

@@ -100,7 +100,7 @@ def encode(im, fmt, quality, exif=None):
     return buf.getvalue()
 
 
-def crop_photo(src, model, cfg, margin=0.1, fmt="lossless", quality=90, device="cpu"):
+def crop_photo(src, model, cfg, margin=0.2, fmt="lossless", quality=90, device="cpu"):
     """Predict one photo's region and crop it: (bytes, row fields). Raises DataError on a bad photo."""
     small, orig = load_photo(src, cfg["size"])  # reduced-size decode for the model
     x = torch.from_numpy(np.asarray(small).transpose(2, 0, 1).copy())[None]
@@ -137,7 +137,7 @@ def read_manifest(path):
         return [r for r in csv.DictReader(f) if None not in r.values() and r.get("confidence") is not None]
 
 
-def compress(model, cfg, in_dir, out_dir, margin=0.1, fmt="lossless", quality=90, device="cpu",
+def compress(model, cfg, in_dir, out_dir, margin=0.2, fmt="lossless", quality=90, device="cpu",
              workers=None, progress=True):
     """Crop every photo under in_dir into out_dir (same relative paths) and write manifest.csv.
 
@@ -256,7 +256,7 @@ def _largest_scale_under(im, target, quality=90):
     return best or (lo, encode(im.resize((max(1, round(im.width * lo)), max(1, round(im.height * lo)))), "jpeg", quality))
 
 
-def crop_study(model, cfg, photos, truths, margins=(0.0, 0.05, 0.1, 0.2, 0.3), default_margin=0.1,
+def crop_study(model, cfg, photos, truths, margins=(0.0, 0.05, 0.1, 0.15, 0.2, 0.3), default_margin=0.2,
                qualities=(30, 50, 70, 90), device="cpu"):
     """Everything notebook 05 reports, per photo: (margins, formats, baselines) as lists of dicts.
 

@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +204,8 @@ def train(cfg, out_dir, progress=None):
         order = train_ii[torch.randperm(len(train_ii), generator=g)]
         flips = torch.rand(len(order), generator=g) < 0.5
         total = 0.0
-        bar = tqdm(range(n_batches), desc=f"{run_name(cfg)} epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(n_batches), desc=f"{run_name(cfg)} epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False, mininterval=0.1 if sys.stderr.isatty() else 10)  # a saved notebook keeps every redraw
         for b in bar:
             sel = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             x, y = ds["images"][sel], ds["masks"][sel].long()
