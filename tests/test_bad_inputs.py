@@ -184,7 +184,9 @@ def test_unwritable_output(tmp_path, good_dir, smoke_run):
     # root ignores permission bits, so a regular file stands where the folder should go
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a folder")
+    before = hashes(good_dir)
     r = meterseg("compress", "--checkpoint", smoke_run[0] / "best.pt", good_dir, blocker / "out")
     assert r.returncode == 2 and "blocker/out: cannot create the output folder" in r.stderr
     r = meterseg("predict", "--checkpoint", smoke_run[0] / "best.pt", "--out", blocker / "p", *good_dir.iterdir())
     assert r.returncode == 2 and "blocker" in r.stderr
+    assert hashes(good_dir) == before and blocker.read_text() == "a file, not a folder"

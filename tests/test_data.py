@@ -204,3 +204,10 @@ def test_real_photos_where_available():
     for stem, photo, label in pairs[:5]:
         m = D.truth_mask(photo, label)
         assert 0.002 < m.mean() < 0.1  # the counter window is a small part of the photo
+
+
+def test_fetch_without_network_stops_early(tmp_path):
+    sums = D.REPO / "data" / "UPSTREAM-SHA256SUMS"  # 2,500 files: it must not try them all
+    with pytest.raises(D.DataError, match="first downloads all failed.*METERSEG_DATA"):
+        D.fetch_upstream(tmp_path / "got", base_url=(tmp_path / "nowhere").as_uri(), sums_file=sums, progress=False)
+    assert not list((tmp_path / "got").rglob("*.jpg"))

@@ -76,13 +76,16 @@ def run_name(cfg):
 
 
 def git_commit():
+    """HEAD's commit, with -dirty when tracked files differ from it; "unknown" outside a checkout."""
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=D.REPO, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=D.REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=D.REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "") if sha else "unknown"
+        sha = git("rev-parse", "--verify", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except OSError:
         return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
 
 
 def resolve_data(cfg):
