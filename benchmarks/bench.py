@@ -20,7 +20,7 @@ from meterseg.losses import combo_loss
 from meterseg.models import UNet
 
 
-def timed(fn, warmup=2, reps=5):
+def timed(fn, warmup=1, reps=3):
     """Median seconds of fn over reps, after warmup calls."""
     for _ in range(warmup):
         fn()

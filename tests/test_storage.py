@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from meterseg import storage as S
 from meterseg.data import DataError
-from meterseg.infer import load_model
+from meterseg.infer import load_model, margin_to_mask
 
 
 def tree_hashes(root):
@@ -121,23 +122,25 @@ def test_kill_9_during_compress_then_rerun(smoke_run, synthetic, tmp_path):
     assert {p.name for p in out.iterdir()} - {"manifest.csv"} == {x["output"] for x in rows}
 
 
-boxes = st.tuples(st.integers(1, 2000), st.integers(1, 2000)).flatmap(lambda wh: st.tuples(
-    st.just(wh), st.integers(0, wh[0] - 1), st.integers(0, wh[1] - 1)).flatmap(lambda a: st.tuples(
-        st.just(a[0]), st.just((a[1], a[2])), st.integers(a[1] + 1, a[0][0]), st.integers(a[2] + 1, a[0][1]))))
-
-
 @settings(max_examples=300, deadline=None)
-@given(boxes, st.integers(8, 512), st.floats(0, 1))
-def test_box_mapping_properties(b, model_size, margin):
-    (w, h), (x0, y0), x1, y1 = b
-    box = (x0, y0, x1, y1)
-    # model grid -> original pixels covers every original pixel of the model-grid box
-    small = S.scale_box(box, (w, h), (model_size, model_size))
-    back = S.scale_box(small, (model_size, model_size), (w, h))
-    assert back[0] <= x0 and back[1] <= y0 and back[2] >= x1 and back[3] >= y1
-    assert 0 <= back[0] < back[2] <= w and 0 <= back[1] < back[3] <= h
+@given(st.data(), st.integers(4, 48), st.floats(0, 1))
+def test_model_grid_box_maps_onto_photo_pixels(data, size, margin):
+    """A region on the model grid, upsampled as predict/compress do, lands where it should in the photo."""
+    w, h = data.draw(st.integers(size, 900)), data.draw(st.integers(size, 900))
+    x0, y0 = data.draw(st.integers(0, size - 1)), data.draw(st.integers(0, size - 1))
+    x1, y1 = data.draw(st.integers(x0 + 1, size)), data.draw(st.integers(y0 + 1, size))
+    m = -10 * torch.ones(size, size)
+    m[y0:y1, x0:x1] = 10
+    mask, prob = margin_to_mask(m, (w, h))
+    assert mask.shape == (h, w) and ((prob > 0.5) == mask).all()
+    box = S.region_box(mask)
+    assert box is not None  # never lost when the photo is at least model-sized
+    sx, sy = w / size, h / size  # the region stays within half a model pixel of its scaled box
+    assert box[0] >= (x0 - 0.5) * sx - 1 and box[2] <= (x1 + 0.5) * sx + 1
+    assert box[1] >= (y0 - 0.5) * sy - 1 and box[3] <= (y1 + 0.5) * sy + 1
+    assert box[0] <= (x0 + 0.5) * sx + 1 and box[2] >= (x1 - 0.5) * sx - 1
     grown = S.grow_box(box, margin, (w, h))
-    assert grown[0] <= x0 and grown[1] <= y0 and grown[2] >= x1 and grown[3] >= y1
+    assert grown[0] <= box[0] and grown[1] <= box[1] and grown[2] >= box[2] and grown[3] >= box[3]
     assert 0 <= grown[0] and grown[2] <= w and 0 <= grown[1] and grown[3] <= h
 
 

@@ -56,7 +56,7 @@ def open_photo(path):
         raise DataError(f"{path}: not a readable image ({e})") from None
 
 
-def _rgb(im, path):
+def to_rgb(im, path):
     """Decode fully and convert any mode (L, RGBA, CMYK, I;16, P) to 8-bit RGB."""
     try:
         im.load()
@@ -83,7 +83,7 @@ def load_photo(path, size=None):
     orig = im.size
     if size is not None and im.format == "JPEG":
         im.draft("RGB", (size, size))
-    im = _rgb(im, path)
+    im = to_rgb(im, path)
     if size is not None:
         im = im.resize((size, size), Image.Resampling.BILINEAR)
     return im, orig

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .data import load_photo, truth_mask
-from .infer import foreground_margin, margin_to_mask, to_input
+from .infer import foreground_margin, margin_to_mask, photo_input, to_input
 from .storage import region_box
 
 
@@ -28,14 +28,9 @@ def overlay(ax, photo, mask, color=(0, 1, 0), title=""):
     ax.axis("off")
 
 
-def _input(photo, size):
-    im, orig = load_photo(photo, size)
-    return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None], orig
-
-
 def predict_mask(model, cfg, photo):
     """A model's mask at the photo's size (the same path as `meterseg predict`)."""
-    x, orig = _input(photo, cfg["size"])
+    x, orig = photo_input(photo, cfg["size"])
     return margin_to_mask(foreground_margin(model, x)[0], orig)[0]
 
 
@@ -85,7 +80,7 @@ def attention_maps(model, cfg, photos):
     fig, axes = plt.subplots(len(photos), 1 + len(gates), figsize=(2.8 * (1 + len(gates)), 2.6 * len(photos)),
                              squeeze=False)
     for row, photo in zip(axes, photos):
-        x, _ = _input(photo, cfg["size"])
+        x, _ = photo_input(photo, cfg["size"])
         _, att = model(to_input(x, "cpu"), return_attention=True)
         im, _ = load_photo(photo, cfg["size"])
         overlay(row[0], im, None, title=Path(photo).stem)

@@ -10,9 +10,6 @@ import torch.nn.functional as F
 from .data import DataError, load_photo
 from .models import build_model
 
-MODEL_KEYS = ("model", "base", "gates", "size")
-
-
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file."""
 
@@ -90,17 +87,19 @@ def margin_to_mask(margin, size):
     return (m > 0).numpy(), torch.sigmoid(m).numpy()
 
 
+def photo_input(path, size):
+    """One photo as the models' uint8 (1,3,size,size) input, and its original (W, H)."""
+    im, orig = load_photo(path, size)
+    return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None], orig
+
+
 def predict_photo(model, cfg, path, device="cpu"):
     """(bool mask at the photo's size, confidence) for one photo file.
 
     Confidence is the mean foreground probability inside the predicted region (0 if none).
     """
-    im, orig = load_photo(path, cfg["size"])
-    x = torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None]
+    x, orig = photo_input(path, cfg["size"])
     mask, prob = margin_to_mask(foreground_margin(model, x, device)[0], orig)
     conf = float(prob[mask].mean()) if mask.any() else 0.0
     return mask, conf
 
-
-__all__ = ["CheckpointError", "DataError", "load_model", "predict_photo", "save_checkpoint", "model_state",
-           "foreground_margin", "margin_to_mask", "pick_device", "MODEL_KEYS"]

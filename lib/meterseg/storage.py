@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import PHOTO_EXT, DataError, load_photo, open_photo, _rgb
-from .infer import foreground_margin, margin_to_mask
+from .data import PHOTO_EXT, DataError, open_photo, to_rgb
+from .infer import foreground_margin, margin_to_mask, photo_input
 
 MANIFEST_FIELDS = ["source", "status", "method", "bytes_in", "bytes_out", "x0", "y0", "x1", "y1", "output", "confidence"]
 FORMATS = ("lossless", "jpeg", "webp", "png")
@@ -39,14 +39,6 @@ def grow_box(box, margin, size):
     x0, y0, x1, y1 = box
     pad = math.ceil(margin * max(x1 - x0, y1 - y0))
     return max(0, x0 - pad), max(0, y0 - pad), min(size[0], x1 + pad), min(size[1], y1 + pad)
-
-
-def scale_box(box, src, dst):
-    """Map a box from an image of size src = (W, H) to one of size dst, covering every source pixel."""
-    sx, sy = dst[0] / src[0], dst[1] / src[1]
-    x0, y0, x1, y1 = box
-    return (max(0, math.floor(x0 * sx)), max(0, math.floor(y0 * sy)),
-            min(dst[0], math.ceil(x1 * sx)), min(dst[1], math.ceil(y1 * sy)))
 
 
 def gt_kept(box, truth):
@@ -102,8 +94,7 @@ def encode(im, fmt, quality, exif=None):
 
 def crop_photo(src, model, cfg, margin=0.2, fmt="lossless", quality=90, device="cpu"):
     """Predict one photo's region and crop it: (bytes, row fields). Raises DataError on a bad photo."""
-    small, orig = load_photo(src, cfg["size"])  # reduced-size decode for the model
-    x = torch.from_numpy(np.asarray(small).transpose(2, 0, 1).copy())[None]
+    x, orig = photo_input(src, cfg["size"])  # reduced-size decode for the model
     mask, prob = margin_to_mask(foreground_margin(model, x, device)[0], orig)
     box = region_box(mask)
     if box is None:
@@ -117,7 +108,7 @@ def crop_photo(src, model, cfg, margin=0.2, fmt="lossless", quality=90, device="
         method = "lossless-jpegtran"
     else:
         out_fmt = "png" if fmt == "lossless" else fmt  # lossless without jpegtran or for non-JPEG: PNG
-        data = encode(_rgb(im, src).crop(box), out_fmt, quality, im.info.get("exif"))
+        data = encode(to_rgb(im, src).crop(box), out_fmt, quality, im.info.get("exif"))
         method = f"reencode-{out_fmt}"
     return data, {"status": "ok", "method": method, "confidence": round(conf, 4),
                   "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]}
@@ -262,12 +253,10 @@ def crop_study(model, cfg, photos, truths, margins=(0.0, 0.05, 0.1, 0.15, 0.2, 0
 
     truths: a bool mask per photo at its own size (or None for unlabelled photos).
     """
-    from tqdm import tqdm
     by_margin, by_format, baselines = [], [], []
-    for photo, truth in tqdm(list(zip(photos, truths)), desc="storage", disable=True):
+    for photo, truth in zip(photos, truths):
         photo = Path(photo)
-        small, orig = load_photo(photo, cfg["size"])
-        x = torch.from_numpy(np.asarray(small).transpose(2, 0, 1).copy())[None]
+        x, orig = photo_input(photo, cfg["size"])
         mask, _ = margin_to_mask(foreground_margin(model, x, device)[0], orig)
         box0, n_in = region_box(mask), photo.stat().st_size
         for m in margins:
@@ -280,7 +269,7 @@ def crop_study(model, cfg, photos, truths, margins=(0.0, 0.05, 0.1, 0.15, 0.2, 0
                               "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
         if box0 is None or truth is None:
             continue
-        full = _rgb(open_photo(photo), photo)
+        full = to_rgb(open_photo(photo), photo)
         box = grow_box(box0, default_margin, orig)
         crop = full.crop(box)
         for fmt in ("jpeg", "webp"):
