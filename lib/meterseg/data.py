@@ -238,11 +238,12 @@ def load_dataset(root, size, cache_dir=None, progress=False):
         warnings.warn(f"skipped: {e}", stacklevel=2)
     if not good:
         raise DataError(f"{root}: no usable labelled photo ({len(errors)} bad)")
+    kept = {o[0] for o in good}
     ds = {
         "root": str(root),
         "stems": [o[0] for o in good],
-        "photos": [str(p) for s, p, l in pairs if s in {o[0] for o in good}],
-        "labels": [str(l) for s, p, l in pairs if s in {o[0] for o in good}],
+        "photos": [str(p) for s, p, l in pairs if s in kept],
+        "labels": [str(l) for s, p, l in pairs if s in kept],
         "images": torch.from_numpy(np.stack([o[1] for o in good])),
         "masks": torch.from_numpy(np.stack([o[2] for o in good])).to(torch.uint8),
         "orig_sizes": torch.tensor([o[3] for o in good]),
