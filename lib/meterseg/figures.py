@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .data import load_photo, truth_mask
-from .infer import foreground_margin, margin_to_mask, photo_input, to_input
+from .infer import photo_input, predict_photo, to_input
 from .storage import region_box
 
 
@@ -28,12 +28,6 @@ def overlay(ax, photo, mask, color=(0, 1, 0), title=""):
     ax.axis("off")
 
 
-def predict_mask(model, cfg, photo):
-    """A model's mask at the photo's size (the same path as `meterseg predict`)."""
-    x, orig = photo_input(photo, cfg["size"])
-    return margin_to_mask(foreground_margin(model, x)[0], orig)[0]
-
-
 def comparison(models, photos, labels):
     """Fig. 3: photo, ground truth, then each model's mask. On the last model's panel, red marks
     pixels it gets right and the model before it gets wrong, yellow the reverse.
@@ -43,7 +37,7 @@ def comparison(models, photos, labels):
     for row, (photo, label) in zip(axes, zip(photos, labels)):
         full, _ = load_photo(photo)
         truth = truth_mask(photo, label)
-        preds = {name: predict_mask(m, c, photo) for name, (m, c) in models.items()}
+        preds = {name: predict_photo(m, c, photo)[0] for name, (m, c) in models.items()}
         overlay(row[0], full, None, title=Path(photo).stem)
         overlay(row[1], full, truth, title="ground truth")
         for ax, (name, pred) in zip(row[2:], preds.items()):

@@ -51,9 +51,8 @@ def load_model(path, expect=None, device="cpu"):
         raise CheckpointError(f"{path}: not a meterseg checkpoint (needs state_dict and config)")
     cfg = json.loads(ck["config"])
     for k, v in (expect or {}).items():
-        have = cfg.get(k)
-        if (list(have) if isinstance(have, (list, tuple)) else have) != (list(v) if isinstance(v, (list, tuple)) else v):
-            raise CheckpointError(f"{path}: checkpoint has {k}={have!r} but {v!r} was asked for")
+        if cfg.get(k) != json.loads(json.dumps(v)):  # as stored: tuples become lists
+            raise CheckpointError(f"{path}: checkpoint has {k}={cfg.get(k)!r} but {v!r} was asked for")
     model = build_model(cfg["model"], cfg["base"], tuple(cfg["gates"]))
     try:
         model.load_state_dict(ck["state_dict"])
