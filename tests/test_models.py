@@ -55,3 +55,32 @@ def test_bad_model_settings():
         build_model("attunet", 4, ())
     with pytest.raises(ValueError, match="unknown model"):
         build_model("segformer", 4)
+
+
+def test_pointwise_conv_matches_conv2d():
+    from meterseg.models import PointwiseConv
+    torch.manual_seed(0)
+    pw = PointwiseConv(5, 2)
+    x = torch.randn(3, 5, 7, 9)
+    torch.testing.assert_close(pw(x), F.conv2d(x, pw.weight, pw.bias))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(pw(xc), F.conv2d(x, pw.weight, pw.bias))
+
+
+def test_inference_model_matches_the_trained_one():
+    """BatchNorm folded into the convs and channels_last change nothing but rounding."""
+    import copy
+    from meterseg.infer import for_inference
+    torch.manual_seed(0)
+    m = UNet(base=4, gates=(1, 2))
+    m.train()
+    for _ in range(3):  # give BatchNorm non-trivial running statistics
+        m(torch.randn(4, 3, 32, 32) * 2 + 1)
+    m.eval()
+    fast = for_inference(copy.deepcopy(m))
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in fast.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref, (out, att) = m(x, return_attention=True), fast(x.contiguous(memory_format=torch.channels_last), return_attention=True)
+    torch.testing.assert_close(out, ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(att[1], ref[1][1], rtol=1e-4, atol=1e-4)

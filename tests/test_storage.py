@@ -74,7 +74,7 @@ def test_refuses_output_inside_input(smoke_run, photos):
 def test_no_region_is_copied_whole(smoke_run, photos, tmp_path, monkeypatch):
     model, cfg = load_model(smoke_run[0] / "best.pt")
     import torch
-    monkeypatch.setattr(S, "foreground_margin", lambda m, x, device="cpu": -torch.ones(1, cfg["size"], cfg["size"]))
+    monkeypatch.setattr(S, "foreground_margin", lambda m, x, device="cpu", batch=16: -torch.ones(len(x), cfg["size"], cfg["size"]))
     rows = S.compress(model, cfg, photos, tmp_path / "out", progress=False)
     copied = [r for r in rows if r["status"] == "no_region"]
     assert len(copied) == 7
@@ -131,8 +131,10 @@ def test_model_grid_box_maps_onto_photo_pixels(data, size, margin):
     x1, y1 = data.draw(st.integers(x0 + 1, size)), data.draw(st.integers(y0 + 1, size))
     m = -10 * torch.ones(size, size)
     m[y0:y1, x0:x1] = 10
-    mask, prob = margin_to_mask(m, (w, h))
-    assert mask.shape == (h, w) and ((prob > 0.5) == mask).all()
+    mask, conf = margin_to_mask(m, (w, h))
+    up = torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    assert mask.shape == (h, w) and (mask == (up > 0).numpy()).all()
+    assert 0.5 < conf <= 1 and abs(conf - float(torch.sigmoid(up[up > 0]).mean())) < 1e-6
     box = S.region_box(mask)
     assert box is not None  # never lost when the photo is at least model-sized
     sx, sy = w / size, h / size  # the region stays within half a model pixel of its scaled box

@@ -104,7 +104,8 @@ def cmd_fetch(a):
 def cmd_study(a):
     from .study import run_notebooks
     names = a.notebooks or sorted(p.stem for p in (D.REPO / "notebooks").glob("[0-9]*.ipynb"))
-    run_notebooks(names, a.profile, a.results or (D.REPO / "results" if a.profile == "cpu" else D.REPO / "results" / a.profile), a.data)
+    run_notebooks(names, a.profile, a.results or (D.REPO / "results" if a.profile == "cpu" else D.REPO / "results" / a.profile),
+                  a.data, a.seeds, a.jobs)
     return 0
 
 
@@ -152,6 +153,8 @@ def build_parser():
     st.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
     st.add_argument("--results", help="output folder (default results/, or results/<profile> for other profiles)")
     st.add_argument("--data", default="")
+    st.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every table row")
+    st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)
 

@@ -21,6 +21,20 @@ class DoubleConv(nn.Sequential):
         )
 
 
+class PointwiseConv(nn.Conv2d):
+    """1x1 conv to a few channels, computed as a matmul over channels (same weights, same result).
+
+    On a CPU, mkldnn's conv path is far slower at it: for the 8->2 head at 128 px a training
+    step spent ~11 ms there for 4 MFLOP; as a matmul the whole step is ~10% faster.
+    """
+
+    def __init__(self, cin, cout):
+        super().__init__(cin, cout, 1, bias=True)
+
+    def forward(self, x):
+        return torch.einsum("nchw,kc->nkhw", x, self.weight.flatten(1)) + self.bias[:, None, None]
+
+
 class AttentionGate(nn.Module):
     """Paper Fig. 2, eq. (1)-(2): alpha = sigmoid(psi(relu(W_b X_b + W_t X_t))), resampled, times X_b.
 
@@ -36,7 +50,7 @@ class AttentionGate(nn.Module):
         super().__init__()
         self.w_b = nn.Conv2d(skip_ch, inter_ch, 1, stride=2, bias=False)
         self.w_t = nn.Conv2d(gate_ch, inter_ch, 1, bias=True)  # its bias is h_Xb of eq. (1)
-        self.psi = nn.Conv2d(inter_ch, 1, 1, bias=True)  # bias h_psi
+        self.psi = PointwiseConv(inter_ch, 1)  # bias h_psi
 
     def forward(self, x_b, x_t):
         """Return the gated skip and the coefficient map alpha (N,1,H,W) in [0, 1]."""
@@ -76,7 +90,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             UpBlock(widths[DEPTH - i], widths[DEPTH - 1 - i], gated=i in gates) for i in range(1, DEPTH)
         )
-        self.head = nn.Conv2d(widths[0], n_classes, 1)
+        self.head = PointwiseConv(widths[0], n_classes)
 
     def forward(self, x, return_attention=False):
         skips = []

@@ -10,7 +10,7 @@ import pandas as pd
 
 from .data import REPO, find_pairs, load_split
 from .metrics import METRICS
-from .train import git_commit, make_config, resolve_data, run_name, split_file, train
+from .train import git_commit, make_config, prepare_data, resolve_data, run_name, split_file, train
 
 # The paper's numbers (mean ± SD in %), quoted beside ours; they are citations, not results.
 PAPER = {
@@ -47,10 +47,57 @@ def run_dir(results, cfg):
     return runs_dir(results, cfg.profile) / run_name(cfg)
 
 
-def ensure_run(results, profile, seed, data="", **fields):
+def ensure_run(results, profile, seed, data="", progress=None, **fields):
     """Train (or reuse) the run of profile + fields + seed under results/runs/<profile>/; its summary."""
     cfg = make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed, data=data)
-    return train(cfg, run_dir(results, cfg))
+    return train(cfg, run_dir(results, cfg), progress)
+
+
+def study_runs(profile, seeds):
+    """(seed, fields) of every run notebooks 02-04 train, each once: Tables I-III and the loss-scale check."""
+    specs = [(s, f) for rows in TABLES.values() for f in rows.values() for s in seeds]
+    specs.append((seeds[0], dict(loss_weight=1.0)))
+    unique = {}
+    for s, f in specs:
+        unique.setdefault(run_name(make_config(profile, **{**PAPER_ATTU, **f}, seed=s)), (s, f))
+    return list(unique.values())
+
+
+def _train_in_worker(threads, results, profile, seed, data, fields):
+    import torch
+    torch.set_num_threads(threads)
+    return ensure_run(results, profile, seed, data, progress=False, **fields)
+
+
+def train_all(results, profile, seeds, data="", jobs=None):
+    """Train (or reuse) every run of the study, `jobs` at a time, before the notebooks read them.
+
+    Each job is a process with cpu_count // jobs threads. On a 2-core CPU two one-thread runs
+    side by side train ~1.3x the images/s of one two-thread run (small convolutions scale
+    poorly across threads; benchmarks/README.md). On a GPU the default is one job.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import torch
+    specs = study_runs(profile, seeds)
+    jobs = jobs or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
+    t0 = time.time()
+    if jobs == 1:
+        summaries = [ensure_run(results, profile, s, data, **f) for s, f in specs]
+    else:
+        prepare_data(make_config(profile, data=data))  # decode cache and split once, not raced by the workers
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        print(f"[study] {len(specs)} runs, {jobs} at a time, {threads} thread(s) each", flush=True)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_train_in_worker, threads, str(results), profile, s, data, f): i
+                       for i, (s, f) in enumerate(specs)}
+            summaries = [None] * len(specs)
+            for fut in as_completed(futures):
+                summaries[futures[fut]] = s = fut.result()
+                print(f"[study] {s['run']}: test dice {s['test']['dice']:.4f}, {s['train_seconds']:.0f} s training",
+                      flush=True)
+    record(results, "train_all", profile, time.time() - t0, runs=len(specs), jobs=jobs)
+    return summaries
 
 
 def ensure_table(results, table, profile, seeds, data=""):
@@ -195,17 +242,20 @@ def loss_scale_comparison(results, profile, seed, data=""):
     return df, a["test"]["dice"], b["test"]["dice"]
 
 
-def run_notebooks(names, profile, results, data=""):
-    """Execute notebooks/<name>.ipynb with papermill into results/notebooks/, recording wall times."""
+def run_notebooks(names, profile, results, data="", seeds=3, jobs=None):
+    """Train every run (train_all), then execute notebooks/<name>.ipynb with papermill into
+    results/notebooks/, recording wall times."""
     import papermill as pm
     results = Path(results).resolve()
     (results / "notebooks").mkdir(parents=True, exist_ok=True)
     times, t0 = {}, time.time()
+    train_all(results, profile, list(range(seeds)), data, jobs)
+    times["train_all"] = round(time.time() - t0, 1)
     for name in names:
         t = time.time()
         print(f"[study] {name} (profile {profile}) ...", flush=True)
         pm.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", results / "notebooks" / f"{name}.ipynb",
-                            parameters={"PROFILE": profile, "RESULTS": str(results), "DATA": data},
+                            parameters={"PROFILE": profile, "RESULTS": str(results), "DATA": data, "SEEDS": seeds},
                             cwd=str(REPO / "notebooks"), progress_bar=False)
         times[name] = round(time.time() - t, 1)
         print(f"[study] {name}: {times[name]:.0f} s", flush=True)
