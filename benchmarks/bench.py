@@ -1,17 +1,26 @@
-"""Print speed figures for this machine: training and inference throughput against MONAI's
-AttentionUnet, achieved GFLOP/s against a large fp32 matmul, and compress against bare
-decode + encode. Run: .venv/bin/pip install monai && .venv/bin/python benchmarks/bench.py
+"""Speed figures for this machine, all measured in one run (issue 5):
+
+- training and inference img/s (batch 8) of our AttU (gates 1+2) and MONAI's AttentionUnet at
+  equal widths and size, both memory layouts, and their ratio;
+- achieved GFLOP/s of a training step (FlopCounterMode) as % of a 2048^3 fp32 matmul timed here;
+- the study's way of training: one run with every core against one run per core side by side;
+- `compress` photos/s against decoding and re-encoding the same photos (one thread, and as many
+  threads as compress uses).
+
+Run: .venv/bin/pip install monai && .venv/bin/python benchmarks/bench.py
 """
 import argparse
 import io
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -20,7 +29,7 @@ from meterseg.losses import combo_loss
 from meterseg.models import UNet
 
 
-def timed(fn, warmup=1, reps=3):
+def timed(fn, warmup=2, reps=5):
     """Median seconds of fn over reps, after warmup calls."""
     for _ in range(warmup):
         fn()
@@ -32,12 +41,15 @@ def timed(fn, warmup=1, reps=3):
     return sorted(ts)[len(ts) // 2]
 
 
-def train_step(model, x, y, opt):
-    def step():
-        opt.zero_grad(set_to_none=True)
-        combo_loss(model(x), y).backward()
-        opt.step()
-    return step
+def cpu_name():
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next(line for line in lines if line.startswith("flags")).split()
+        isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+        return f"{name} ({isa})"
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def monai_attunet(base):
@@ -51,32 +63,115 @@ def matmul_gflops(n=2048):
     return 2 * n**3 / timed(lambda: a @ b) / 1e9
 
 
-def bench_training(base, size, batch=8, channels_last=False):
+def train_step(model, x, y):
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        combo_loss(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def measure(model, base, size, channels_last, batch=8):
+    """Train img/s, GFLOP/s of a training step, eval-mode inference img/s."""
+    torch.manual_seed(0)
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 2, (batch, size, size))
-    out = {}
-    for name, make in (("ours", lambda: UNet(base, gates=(1, 2))), ("monai", lambda: monai_attunet(base))):
-        try:
-            m = make()
-        except ImportError:
-            out[name] = None
-            continue
-        xx = x
-        if channels_last:
-            m, xx = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.Adam(m.parameters(), 1e-3)
-        s = timed(train_step(m, xx, y, opt))
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    step = train_step(model, x, y)
+    s = timed(step)
+    with FlopCounterMode(display=False) as fc:
+        step()
+    model.eval()
+    with torch.no_grad():
+        inf = timed(lambda: model(x))
+    return {"train": batch / s, "gflops": fc.get_total_flops() / s / 1e9, "infer": batch / inf}
+
+
+def bench_models(peak, configs):
+    print("| widths | size | layout | ours train img/s | MONAI train img/s | ratio | ours GFLOP/s (% of matmul) "
+          "| MONAI GFLOP/s (%) | ours infer img/s | MONAI infer img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for base, size in configs:
+        for cl in (False, True):
+            o = measure(UNet(base, gates=(1, 2)), base, size, cl)
+            try:
+                m = measure(monai_attunet(base), base, size, cl)
+            except ImportError:
+                m = None
+            na = "n/a (pip install monai)"
+            print(f"| {base} | {size} | {'channels_last' if cl else 'NCHW'} | {o['train']:.1f} | "
+                  + (f"{m['train']:.1f} | {o['train'] / m['train']:.2f}x | " if m else f"{na} | | ")
+                  + f"{o['gflops']:.1f} ({100 * o['gflops'] / peak:.0f}%) | "
+                  + (f"{m['gflops']:.1f} ({100 * m['gflops'] / peak:.0f}%) | " if m else " | ")
+                  + f"{o['infer']:.1f} | " + (f"{m['infer']:.1f} |" if m else " |"), flush=True)
+
+
+def bench_width_sweep(peak, size=128):
+    """Our training step's share of the matmul peak as the network widens (base 64 = the paper's widths)."""
+    cells = []
+    for base in (8, 16, 32, 64):
+        torch.manual_seed(0)
+        x, y = torch.randn(8, 3, size, size), torch.randint(0, 2, (8, size, size))
+        step = train_step(UNet(base, gates=(1, 2)), x, y)
+        s = timed(step, warmup=1, reps=3)
         with FlopCounterMode(display=False) as fc:
-            train_step(m, xx, y, opt)()
-        m.eval()
-        with torch.no_grad():
-            inf = timed(lambda: m(xx))
-        out[name] = {"train_img_s": batch / s, "gflop_s": fc.get_total_flops() / s / 1e9, "infer_img_s": batch / inf}
-    return out
+            step()
+        g = fc.get_total_flops() / s / 1e9
+        cells.append(f"base {base}: {g:.1f} GFLOP/s ({100 * g / peak:.0f}%)")
+    print(f"training step @{size} px, NCHW, by width: " + "; ".join(cells), flush=True)
 
 
-def bench_compress(n=40):
+def bench_inference_model(base=8, size=128):
+    """Our model as predict/compress run it (BatchNorm folded, channels_last) against plain eval mode."""
+    try:
+        from meterseg.infer import for_inference
+    except ImportError:  # an older checkout, measured for a before/after comparison
+        return
+    x = torch.randn(8, 3, size, size)
+    plain = UNet(base, gates=(1, 2)).eval()
+    fast = for_inference(UNet(base, gates=(1, 2)))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for bs in (1, 8):
+            a, b = bs / timed(lambda: plain(x[:bs])), bs / timed(lambda: fast(xc[:bs]))
+            print(f"inference base {base} @{size} batch {bs}: plain eval NCHW {a:.1f} img/s, "
+                  f"BN folded + channels_last {b:.1f} img/s ({b / a:.2f}x)")
+
+
+def worker_throughput():
+    """Run as a subprocess: train img/s of the cpu-profile AttU for a fixed number of steps."""
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 128, 128), torch.randint(0, 2, (8, 128, 128))
+    step = train_step(UNet(8, gates=(1, 2)), x, y)
+    for _ in range(3):
+        step()
+    t, n = time.perf_counter(), 60
+    for _ in range(n):
+        step()
+    print(8 * n / (time.perf_counter() - t))
+
+
+def bench_parallel_runs():
+    """Images/s of the whole machine: one run with every core, against one one-thread run per core."""
+    cores = os.cpu_count() or 1
+
+    def launch(threads, k):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        procs = [subprocess.Popen([sys.executable, __file__, "--worker"], env=env, stdout=subprocess.PIPE, text=True)
+                 for _ in range(k)]
+        return sum(float(p.communicate()[0]) for p in procs)
+    one = launch(cores, 1)
+    many = launch(1, cores)
+    print(f"cpu-profile training on the whole machine: 1 run x {cores} threads {one:.1f} img/s; "
+          f"{cores} runs x 1 thread {many:.1f} img/s together ({many / one:.2f}x)")
+
+
+def bench_compress(n=100, workers=None):
     from meterseg.infer import load_model
     from meterseg.storage import compress
+    workers = workers or os.cpu_count()
     photos = unlabelled_photos(find_data())[:n]
     model, cfg = load_model(REPO / "results" / "models" / "attunet.pt")
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,38 +180,48 @@ def bench_compress(n=40):
         for p in photos:
             (src / p.name).write_bytes(p.read_bytes())
         t = time.perf_counter()
-        compress(model, cfg, src, Path(tmp) / "out", progress=False)
+        rows = compress(model, cfg, src, Path(tmp) / "out", workers=workers, progress=False)
         ours = len(photos) / (time.perf_counter() - t)
+
+    def floor(p):  # the bare cost: decode every photo fully and encode it again once
+        Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90)
     t = time.perf_counter()
-    for p in photos:  # the floor: decode every photo fully and encode it again once
-        buf = io.BytesIO()
-        Image.open(p).convert("RGB").save(buf, "JPEG", quality=90)
-    floor = len(photos) / (time.perf_counter() - t)
-    return ours, floor
+    for p in photos:
+        floor(p)
+    floor1 = len(photos) / (time.perf_counter() - t)
+    with ThreadPoolExecutor(workers) as pool:
+        t = time.perf_counter()
+        list(pool.map(floor, photos))
+        floor_n = len(photos) / (time.perf_counter() - t)
+    methods = sorted({r["method"] for r in rows})
+    print(f"compress ({len(photos)} unlabelled photos, {workers} workers, {'/'.join(methods)}): {ours:.1f} photos/s; "
+          f"bare decode+encode: {floor1:.1f} photos/s on 1 thread ({ours / floor1:.2f}x), "
+          f"{floor_n:.1f} photos/s on {workers} threads ({ours / floor_n:.2f}x)")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-compress", action="store_true")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    torch.manual_seed(0)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    if a.worker:
+        return worker_throughput()
+    try:
+        import monai
+        mv = f", MONAI {monai.__version__}"
+    except ImportError:
+        mv = ", MONAI not installed"
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads{mv}")
     peak = matmul_gflops()
     print(f"fp32 matmul 2048^3: {peak:.1f} GFLOP/s (the peak we compare against)")
-    print("| widths | size | layout | ours train img/s | MONAI train img/s | ratio | ours GFLOP/s (% of matmul) | ours infer img/s | MONAI infer img/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for base, size in ((16, 128), (16, 256), (8, 128)):
-        for cl in (False, True):
-            r = bench_training(base, size, channels_last=cl)
-            o, m = r["ours"], r["monai"]
-            ratio = f"{o['train_img_s'] / m['train_img_s']:.2f}x" if m else "n/a"
-            print(f"| {base} | {size} | {'channels_last' if cl else 'NCHW'} | {o['train_img_s']:.1f} | "
-                  f"{m['train_img_s'] if m else float('nan'):.1f} | {ratio} | {o['gflop_s']:.1f} ({100 * o['gflop_s'] / peak:.0f}%) | "
-                  f"{o['infer_img_s']:.1f} | {m['infer_img_s'] if m else float('nan'):.1f} |", flush=True)
+    bench_models(peak, ((16, 128), (16, 256), (8, 128)))
+    bench_width_sweep(peak)
+    bench_inference_model()
+    bench_parallel_runs()
     if not a.skip_compress:
-        ours, floor = bench_compress()
-        print(f"compress: {ours:.1f} photos/s; bare decode+encode: {floor:.1f} photos/s; ratio {ours / floor:.2f}x")
+        bench_compress()
+    print(f"matmul again at the end: {matmul_gflops():.1f} GFLOP/s (a large change means the machine was busy)")
 
 
 if __name__ == "__main__":

@@ -92,14 +92,10 @@ def encode(im, fmt, quality, exif=None):
     return buf.getvalue()
 
 
-def crop_photo(src, model, cfg, margin=0.2, fmt="lossless", quality=90, device="cpu"):
-    """Predict one photo's region and crop it: (bytes, row fields). Raises DataError on a bad photo."""
-    x, orig = photo_input(src, cfg["size"])  # reduced-size decode for the model
-    return crop_to_region(src, foreground_margin(model, x, device)[0], orig, margin, fmt, quality)
-
-
 def crop_to_region(src, margin_map, orig, margin=0.2, fmt="lossless", quality=90):
-    """Crop one photo of size orig = (W, H) to the region of its model-resolution margin map: (bytes, row fields)."""
+    """Crop one photo of size orig = (W, H) to the region of its model-resolution margin map: (bytes, row fields).
+
+    Raises DataError on a bad photo."""
     mask, conf = margin_to_mask(margin_map, orig)
     box = region_box(mask)
     if box is None:
@@ -195,7 +191,7 @@ def compress(model, cfg, in_dir, out_dir, margin=0.2, fmt="lossless", quality=90
                 loaded = [j.result() for j in loading]
                 if k + 1 < len(batches):
                     loading = [pool.submit(load, p) for p in batches[k + 1]]
-                good = [x for x, _ in (ld for ld in loaded if not isinstance(ld, Exception))]
+                good = [ld[0] for ld in loaded if not isinstance(ld, Exception)]
                 maps = iter(foreground_margin(model, torch.cat(good), device, batch) if good else [])
                 pending += [pool.submit(finish, p, ld, None if isinstance(ld, Exception) else next(maps))
                             for p, ld in zip(chunk, loaded)]

@@ -1,0 +1,94 @@
+"""Where the time goes: a cpu-profile training step by operator and by convolution shape
+(torch.profiler), and a compress run by stage, per photo, on one thread.
+
+Run: .venv/bin/python benchmarks/profile.py [--base 8 --size 128]
+"""
+import argparse
+import io
+import time
+from collections import defaultdict
+
+import torch
+from PIL import Image
+from torch.profiler import ProfilerActivity, profile
+
+from meterseg.data import REPO, find_data, open_photo, unlabelled_photos
+from meterseg.infer import foreground_margin, load_model, margin_to_mask, photo_input
+from meterseg.losses import combo_loss
+from meterseg.models import UNet
+from meterseg.storage import grow_box, jpeg_lossless_crop, region_box
+
+
+def profile_training_step(base, size, steps=5):
+    torch.manual_seed(0)
+    model = UNet(base, gates=(1, 2))
+    x, y = torch.randn(8, 3, size, size), torch.randint(0, 2, (8, size, size))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        combo_loss(model(x), y).backward()
+        opt.step()
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"training step, base {base} @{size} px, batch 8, {torch.get_num_threads()} threads: "
+          f"{total / steps / 1e3:.1f} ms per step (under the profiler)")
+    print("| operator | ms/step | share |\n|---|---|---|")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+        print(f"| {e.key} | {e.self_cpu_time_total / steps / 1e3:.2f} | {100 * e.self_cpu_time_total / total:.1f}% |")
+    print("\nconvolutions by input shape (forward = mkldnn_convolution):")
+    print("| op | input, weight-or-grad | calls/step | ms/step |\n|---|---|---|---|")
+    convs = [e for e in prof.key_averages(group_by_input_shape=True)
+             if e.key in ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::einsum")]
+    for e in sorted(convs, key=lambda e: -e.self_cpu_time_total)[:10]:
+        print(f"| {e.key.removeprefix('aten::')} | {e.input_shapes[:2]} | {e.count // steps} | "
+              f"{e.self_cpu_time_total / steps / 1e3:.2f} |")
+
+
+def profile_compress(n=40):
+    torch.set_num_threads(1)
+    photos = unlabelled_photos(find_data())[:n]
+    model, cfg = load_model(REPO / "results" / "models" / "attunet.pt")
+    t = defaultdict(float)
+
+    def timed(name, fn):
+        s = time.perf_counter()
+        out = fn()
+        t[name] += time.perf_counter() - s
+        return out
+    for p in photos:  # the stages of storage.compress, one photo at a time
+        x, orig = timed("decode at reduced size + resize (photo_input)", lambda: photo_input(p, cfg["size"]))
+        m = timed("model, batch 1 (foreground_margin)", lambda: foreground_margin(model, x)[0])
+        mask, _ = timed("upsample + threshold at photo size (margin_to_mask)", lambda: margin_to_mask(m, orig))
+        box = grow_box(timed("bounding box (region_box)", lambda: region_box(mask)), 0.2, orig)
+        timed("header re-read (open_photo)", lambda: open_photo(p))
+        timed("lossless crop (jpegtran subprocess)", lambda: jpeg_lossless_crop(p, box))
+        timed("floor: full decode + JPEG encode", lambda: Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90))
+    batch = torch.cat([photo_input(p, cfg["size"])[0] for p in photos[:8]])
+    foreground_margin(model, batch)
+    s = time.perf_counter()
+    foreground_margin(model, batch)
+    per_img = (time.perf_counter() - s) / 8
+    print(f"\ncompress stages, one thread, mean over {len(photos)} unlabelled photos:")
+    print("| stage | ms/photo |\n|---|---|")
+    for k, v in t.items():
+        print(f"| {k} | {1e3 * v / len(photos):.2f} |")
+    print(f"| model, batch 8 (as compress runs it) | {1e3 * per_img:.2f} |")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base", type=int, default=8)
+    ap.add_argument("--size", type=int, default=128)
+    a = ap.parse_args()
+    profile_training_step(a.base, a.size)
+    profile_compress()
+
+
+if __name__ == "__main__":
+    main()
