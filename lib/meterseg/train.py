@@ -183,9 +183,7 @@ def train(cfg, out_dir, progress=None):
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     ds, idx = prepare_data(cfg, progress)
-    model = build_model(cfg.model, cfg.base, cfg.gates).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = build_model(cfg.model, cfg.base, cfg.gates).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
     loss_fn = get_loss(cfg.loss, cfg.loss_weight)
@@ -215,7 +213,7 @@ def train(cfg, out_dir, progress=None):
             if cfg.augment:
                 f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 x, y = torch.where(f[:, None, None, None], x.flip(-1), x), torch.where(f[:, None, None], y.flip(-1), y)
-            x, y = to_input(x, device, channels_last=device.type == "cuda"), y.to(device, non_blocking=True)
+            x, y = to_input(x, device), y.to(device, non_blocking=True)
             with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = loss_fn(model(x), y)
             opt.zero_grad(set_to_none=True)
