@@ -1,7 +1,7 @@
 """Where the time goes: a cpu-profile training step by operator and by convolution shape
 (torch.profiler), and a compress run by stage, per photo, on one thread.
 
-Run: .venv/bin/python benchmarks/profile.py [--base 8 --size 128]
+Run: .venv/bin/python benchmarks/breakdown.py [--base 8 --size 128]
 """
 import argparse
 import io
@@ -16,7 +16,7 @@ from meterseg.data import REPO, find_data, open_photo, unlabelled_photos
 from meterseg.infer import foreground_margin, load_model, margin_to_mask, photo_input
 from meterseg.losses import combo_loss
 from meterseg.models import UNet
-from meterseg.storage import grow_box, jpeg_lossless_crop, region_box
+from meterseg.storage import JPEGTRAN, grow_box, jpeg_lossless_crop, region_box
 
 
 def profile_training_step(base, size, steps=5):
@@ -67,7 +67,8 @@ def profile_compress(n=40):
         mask, _ = timed("upsample + threshold at photo size (margin_to_mask)", lambda: margin_to_mask(m, orig))
         box = grow_box(timed("bounding box (region_box)", lambda: region_box(mask)), 0.2, orig)
         timed("header re-read (open_photo)", lambda: open_photo(p))
-        timed("lossless crop (jpegtran subprocess)", lambda: jpeg_lossless_crop(p, box))
+        if JPEGTRAN:
+            timed("lossless crop (jpegtran subprocess)", lambda: jpeg_lossless_crop(p, box))
         timed("floor: full decode + JPEG encode", lambda: Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90))
     batch = torch.cat([photo_input(p, cfg["size"])[0] for p in photos[:8]])
     foreground_margin(model, batch)

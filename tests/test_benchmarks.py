@@ -1,0 +1,37 @@
+"""The benchmark scripts keep working (on tiny sizes and the committed sample; no figures checked)."""
+import importlib.util
+import shutil
+
+import pytest
+import torch
+
+from conftest import REPO, SAMPLE
+from meterseg.models import UNet
+from meterseg.storage import JPEGTRAN
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bench_measure_counts_flops_and_times(channels_last):
+    r = script("bench").measure(UNet(4, gates=(1, 2)), 4, 32, channels_last, batch=2)
+    assert set(r) == {"train", "gflops", "infer"} and all(v > 0 for v in r.values())
+
+
+@pytest.mark.skipif(not (REPO / "results" / "models" / "attunet.pt").exists(), reason="no shipped model")
+def test_compress_benchmark_and_breakdown_run_on_the_sample(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "sample"
+    shutil.copytree(SAMPLE, data)
+    monkeypatch.setenv("METERSEG_DATA", str(data))
+    threads = torch.get_num_threads()
+    script("bench").bench_compress(n=1, workers=1)
+    script("breakdown").profile_compress(n=1)
+    torch.set_num_threads(threads)  # profile_compress pins one thread
+    out = capsys.readouterr().out
+    assert "compress (1 unlabelled photos, 1 workers" in out and "| model, batch 8 (as compress runs it) |" in out
+    assert ("| lossless crop (jpegtran subprocess) |" in out) == bool(JPEGTRAN)
