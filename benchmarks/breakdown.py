@@ -1,5 +1,6 @@
-"""Where the time goes: a cpu-profile training step by operator and by convolution shape
-(torch.profiler), and a compress run by stage, per photo, on one thread.
+"""Where the time goes: a cpu-profile training step (channels_last, as train() runs it) by
+operator and by convolution shape (torch.profiler), and a compress run by stage, per photo,
+on one thread.
 
 Run: .venv/bin/python benchmarks/breakdown.py [--base 8 --size 128]
 """
@@ -21,8 +22,9 @@ from meterseg.storage import JPEGTRAN, grow_box, jpeg_lossless_crop, region_box
 
 def profile_training_step(base, size, steps=5):
     torch.manual_seed(0)
-    model = UNet(base, gates=(1, 2))
-    x, y = torch.randn(8, 3, size, size), torch.randint(0, 2, (8, size, size))
+    model = UNet(base, gates=(1, 2)).to(memory_format=torch.channels_last)  # as train() runs it
+    x = torch.randn(8, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (8, size, size))
     opt = torch.optim.Adam(model.parameters(), 1e-3)
 
     def step():

@@ -66,8 +66,8 @@ def load_model(path, expect=None, device="cpu"):
 def for_inference(model):
     """Eval mode, each BatchNorm folded into the conv before it, channels_last weights.
 
-    Same outputs up to float rounding; on the CPU one image's forward pass is ~2x faster
-    (benchmarks/README.md). The result is for prediction only: it cannot be trained further.
+    Same outputs up to float rounding; on the CPU the cpu-profile model infers 1.4x faster at
+    batch 1 and 1.6x at batch 8 (benchmarks/README.md). For prediction only: not to be trained.
     """
     model.eval()
     for seq in model.modules():
@@ -81,8 +81,9 @@ def for_inference(model):
 def to_input(images_uint8, device):
     """uint8 (N,3,S,S) to the normalised float input the models take, channels_last.
 
-    channels_last is faster on GPUs and, for our widths, on the CPU too: training at base 8
-    runs 1.3x faster on one thread, 1.1x on two (benchmarks/README.md).
+    channels_last is faster on GPUs; on the CPU it is what makes the folded inference model
+    fast, and it trains the cpu profile 1.1x faster on one thread (as the study's parallel
+    runs train), 0.94x on two (benchmarks/README.md).
     """
     x = images_uint8.to(device, non_blocking=True).float().div_(255).sub_(0.5).div_(0.25)
     return x.contiguous(memory_format=torch.channels_last)
