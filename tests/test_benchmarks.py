@@ -19,8 +19,9 @@ def script(name):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bench_measure_counts_flops_and_times(channels_last):
-    r = script("bench").measure(UNet(4, gates=(1, 2)), 4, 32, channels_last, batch=2)
-    assert set(r) == {"train", "gflops", "infer"} and all(v > 0 for v in r.values())
+    r = script("bench").measure({"a": UNet(4, gates=(1, 2)), "b": UNet(4)}, 32, channels_last, batch=2)
+    assert set(r) == {"a", "b"} and all(set(v) == {"train", "gflops", "infer"} for v in r.values())
+    assert all(x > 0 for v in r.values() for x in v.values())
 
 
 @pytest.mark.skipif(not (REPO / "results" / "models" / "attunet.pt").exists(), reason="no shipped model")
