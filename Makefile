@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The default profile writes the committed results/; others write results/<profile>/ (ignored by git).
-RESULTS ?= $(if $(filter cpu,$(PROFILE)),results,results/$(PROFILE))
 
 .PHONY: setup study test clean-runs
 
@@ -21,7 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 study: $(STAMP)
-	$(BIN)/meterseg study --profile $(PROFILE) --results $(RESULTS)
+	$(BIN)/meterseg study --profile $(PROFILE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

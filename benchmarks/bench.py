@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from meterseg.data import REPO, find_data, unlabelled_photos
+from meterseg.config import REPO
+from meterseg.dataset import find_data, unlabelled_photos
 from meterseg.losses import combo_loss
 from meterseg.models import UNet
 
@@ -136,7 +137,7 @@ def bench_width_sweep(peak, size=128):
 def bench_inference_model(base=8, size=128):
     """Our model as predict/compress run it (BatchNorm folded, channels_last) against plain eval mode."""
     try:
-        from meterseg.infer import for_inference
+        from meterseg.checkpoint import for_inference
     except ImportError:  # an older checkout, measured for a before/after comparison
         return
     x = torch.randn(8, 3, size, size)
@@ -181,11 +182,11 @@ def bench_parallel_runs():
 
 
 def bench_compress(n=100, workers=None):
-    from meterseg.infer import load_model
-    from meterseg.storage import compress
+    from meterseg.compress import compress
+    from meterseg.predictor import Predictor
     workers = workers or os.cpu_count()
     photos = unlabelled_photos(find_data())[:n]
-    model, cfg = load_model(REPO / "results" / "models" / "attunet.pt")
+    predictor = Predictor.load(REPO / "results" / "models" / "attunet.pt", "cpu")
 
     def floor(p):  # the bare cost: decode every photo fully and encode it again once
         Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90)
@@ -198,7 +199,7 @@ def bench_compress(n=100, workers=None):
         runs, rows = itertools.count(), []
 
         def ours():  # a fresh output folder each time: compress skips what is done
-            rows[:] = compress(model, cfg, src, Path(tmp) / f"out{next(runs)}", workers=workers, progress=False)
+            rows[:] = compress(predictor, src, Path(tmp) / f"out{next(runs)}", workers=workers, progress=False)
         t = best_times({"ours": ours, "floor1": lambda: [floor(p) for p in photos],
                         "floor_n": lambda: list(pool.map(floor, photos))}, warmup=1, reps=3)
     ours, floor1, floor_n = (len(photos) / t[k] for k in ("ours", "floor1", "floor_n"))

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
-from meterseg.data import REPO, find_data, open_photo, unlabelled_photos
-from meterseg.infer import foreground_margin, load_model, margin_to_mask, photo_input
+from meterseg.config import REPO
+from meterseg.dataset import find_data, unlabelled_photos
+from meterseg.jpegcrop import JPEGTRAN, lossless_crop
 from meterseg.losses import combo_loss
 from meterseg.models import UNet
-from meterseg.storage import JPEGTRAN, grow_box, jpeg_lossless_crop, region_box
+from meterseg.photos import open_photo
+from meterseg.predictor import Predictor, gap_box, grow_box, logit_gap_to_mask, region_box
 
 
 def profile_training_step(base, size, steps=5):
@@ -55,7 +57,7 @@ def profile_training_step(base, size, steps=5):
 def profile_compress(n=40):
     torch.set_num_threads(1)
     photos = unlabelled_photos(find_data())[:n]
-    model, cfg = load_model(REPO / "results" / "models" / "attunet.pt")
+    predictor = Predictor.load(REPO / "results" / "models" / "attunet.pt", "cpu")
     t = defaultdict(float)
 
     def timed(name, fn):
@@ -63,19 +65,22 @@ def profile_compress(n=40):
         out = fn()
         t[name] += time.perf_counter() - s
         return out
-    for p in photos:  # the stages of storage.compress, one photo at a time
-        x, orig = timed("decode at reduced size + resize (photo_input)", lambda: photo_input(p, cfg["size"]))
-        m = timed("model, batch 1 (foreground_margin)", lambda: foreground_margin(model, x)[0])
-        mask, _ = timed("upsample + threshold at photo size (margin_to_mask)", lambda: margin_to_mask(m, orig))
-        box = grow_box(timed("bounding box (region_box)", lambda: region_box(mask)), 0.2, orig)
-        timed("header re-read (open_photo)", lambda: open_photo(p))
+    for p in photos:  # the stages of compress.compress, one photo at a time
+        data = timed("read the file", p.read_bytes)
+        x, orig = timed("decode at reduced size + resize (Predictor.inputs)", lambda: predictor.inputs(p, data))
+        g = timed("model, batch 1 (Predictor.logit_gaps)", lambda: predictor.logit_gaps(x)[0])
+        mask, _ = timed("before: upsample + threshold at photo size (logit_gap_to_mask)", lambda: logit_gap_to_mask(g, orig))
+        timed("before: bounding box of the full mask (region_box)", lambda: region_box(mask))
+        box = grow_box(timed("box on a window of the model grid (gap_box)", lambda: gap_box(g, orig))[0], 0.2, orig)
+        timed("header re-read (open_photo)", lambda: open_photo(p, data))
+        timed("lossless crop in process (turbojpeg)", lambda: lossless_crop(data, box, p, "lossless-turbojpeg"))
         if JPEGTRAN:
-            timed("lossless crop (jpegtran subprocess)", lambda: jpeg_lossless_crop(p, box))
+            timed("lossless crop (jpegtran subprocess, the fallback)", lambda: lossless_crop(data, box, p, "lossless-jpegtran"))
         timed("floor: full decode + JPEG encode", lambda: Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90))
-    batch = torch.cat([photo_input(p, cfg["size"])[0] for p in photos[:8]])
-    foreground_margin(model, batch)
+    batch = torch.cat([predictor.inputs(p)[0] for p in photos[:8]])
+    predictor.logit_gaps(batch)
     s = time.perf_counter()
-    foreground_margin(model, batch)
+    predictor.logit_gaps(batch)
     per_img = (time.perf_counter() - s) / 8
     print(f"\ncompress stages, one thread, mean over {len(photos)} unlabelled photos:")
     print("| stage | ms/photo |\n|---|---|")

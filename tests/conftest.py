@@ -17,7 +17,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
-    from meterseg.data import make_synthetic
+    from meterseg.synthetic import make_synthetic
     return make_synthetic(tmp_path_factory.mktemp("synth") / "synthetic-test", n=24, n_unlabelled=3, seed=1)
 
 
@@ -30,7 +30,7 @@ def sample(tmp_path):
 
 
 def tiny_config(**kw):
-    from meterseg.train import make_config
+    from meterseg.config import make_config
     return make_config("smoke", **{"size": 32, "base": 4, "epochs": 3, "step_size": 2, **kw})
 
 
@@ -41,3 +41,17 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
     summary = train(make_config("smoke"), out)
     return out, summary
+
+
+def tree_hashes(root):
+    """SHA-256 of every file under root, by relative path: to show that nothing was changed."""
+    import hashlib
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def meterseg(*args, **kw):
+    """Run the command line in a fresh process."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "meterseg", *map(str, args)], capture_output=True, text=True, **kw)

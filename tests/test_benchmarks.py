@@ -7,7 +7,7 @@ import torch
 
 from conftest import REPO, SAMPLE
 from meterseg.models import UNet
-from meterseg.storage import JPEGTRAN
+from meterseg.jpegcrop import JPEGTRAN
 
 
 def script(name):
@@ -35,4 +35,5 @@ def test_compress_benchmark_and_breakdown_run_on_the_sample(tmp_path, monkeypatc
     torch.set_num_threads(threads)  # profile_compress pins one thread
     out = capsys.readouterr().out
     assert "compress (1 unlabelled photos, 1 workers" in out and "| model, batch 8 (as compress runs it) |" in out
-    assert ("| lossless crop (jpegtran subprocess) |" in out) == bool(JPEGTRAN)
+    assert "| lossless crop in process (turbojpeg) |" in out
+    assert ("| lossless crop (jpegtran subprocess, the fallback) |" in out) == bool(JPEGTRAN)

@@ -1,15 +1,14 @@
 import csv
-import subprocess
-import sys
+import dataclasses
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from meterseg import data as D
-
-
-def meterseg(*args):
-    return subprocess.run([sys.executable, "-m", "meterseg", *map(str, args)], capture_output=True, text=True)
+from conftest import meterseg
+from meterseg import photos
+from meterseg.cli import build_parser
+from meterseg.config import Config, make_config
 
 
 def test_round_trip_train_predict_evaluate(tmp_path, synthetic):
@@ -17,17 +16,17 @@ def test_round_trip_train_predict_evaluate(tmp_path, synthetic):
     r = meterseg("train", "--profile", "smoke", "--epochs", "4", "--data", synthetic, "--out", run)
     assert r.returncode == 0, r.stderr
     assert "test dice" in r.stdout
-    photos = sorted((synthetic / "train_imgs").glob("*.jpg"))[:4]
-    r = meterseg("predict", "--checkpoint", run / "best.pt", "--out", tmp_path / "pred", *photos)
+    shots = sorted((synthetic / "train_imgs").glob("*.jpg"))[:4]
+    r = meterseg("predict", "--checkpoint", run / "best.pt", "--out", tmp_path / "pred", *shots)
     assert r.returncode == 0, r.stderr
     truth = tmp_path / "truth"
     truth.mkdir()
-    for p in photos:
-        m = np.asarray(Image.open(tmp_path / "pred" / f"{p.stem}.png"))
+    for p in shots:
+        m = np.asarray(Image.open(tmp_path / "pred" / f"{p.name}.png"))  # x.jpg -> x.jpg.png
         assert m.dtype == np.uint8 and set(np.unique(m)) <= {0, 255}
         assert m.shape[::-1] == Image.open(p).size  # at the photo's own size
         label = synthetic / "train_labels" / "labels" / f"{p.stem}.txt"
-        Image.fromarray(D.truth_mask(p, label).astype(np.uint8) * 255).save(truth / f"{p.stem}.png")
+        Image.fromarray(photos.truth_mask(p, label).astype(np.uint8) * 255).save(truth / f"{p.stem}.png")
     r = meterseg("evaluate", "--pred", tmp_path / "pred", "--truth", truth, "--out", tmp_path / "m.csv")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(open(tmp_path / "m.csv")))
@@ -52,3 +51,42 @@ def test_cli_errors_name_the_file(tmp_path, smoke_run):
     assert "a.png: size" in r.stderr and "no prediction for ground truth" in r.stderr and r.returncode == 2
     r = meterseg("train", "--profile", "smoke", "--data", tmp_path / "nowhere", "--out", tmp_path / "x")
     assert r.returncode == 2 and "nowhere: data folder not found" in r.stderr
+
+
+def test_every_config_field_is_a_train_flag():
+    """Each Config field can be set from the command line, to a value unlike the profile's."""
+    values = {"data": "/some/folder", "model": "unet", "gates": "2", "loss": "dice", "loss_weight": "0.5", "size": "48",
+              "base": "4", "epochs": "2", "batch_size": "4", "lr": "0.01", "weight_decay": "0.1", "step_size": "1",
+              "gamma": "0.5", "max_photos": "3", "seed": "7", "device": "cpu"}
+    fields = {f.name for f in dataclasses.fields(Config)} - {"profile", "augment"}
+    assert fields == set(values)  # a new field must be added here, and so to the CLI check
+    argv = ["train", "--profile", "smoke", "--out", "x", "--no-augment"]
+    for k, v in values.items():
+        argv += ["--" + k.replace("_", "-"), v]
+    a = build_parser().parse_args(argv)
+    cfg = make_config(a.profile, **{f: getattr(a, f) for f in fields | {"augment"}})
+    default = make_config("smoke")
+    for f in fields | {"augment"}:
+        assert getattr(cfg, f) != getattr(default, f) or f == "gates", f  # unet drops gates
+    assert cfg.augment is False and cfg.model == "unet" and cfg.lr == 0.01
+
+
+@pytest.mark.parametrize("cmd,flag,bad", [("train", "--loss", "focal"), ("train", "--model", "vit"),
+                                          ("train", "--profile", "huge"), ("compress", "--format", "gif")])
+def test_choices_come_from_the_registries(cmd, flag, bad, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([cmd, flag, bad, "--out", "x"] if cmd == "train" else [cmd, flag, bad, "a", "b"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_predict_gives_two_photos_of_one_name_two_masks(tmp_path, smoke_run, synthetic):
+    src = sorted((synthetic / "train_imgs").glob("*.jpg"))
+    for d, p in (("a", src[0]), ("b", src[1])):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.jpg").write_bytes(p.read_bytes())
+    Image.open(src[2]).save(tmp_path / "a" / "x.png")
+    r = meterseg("predict", "--checkpoint", smoke_run[0] / "best.pt", "--out", tmp_path / "pred",
+                 tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", tmp_path / "a" / "x.png")
+    assert r.returncode == 0, r.stderr
+    got = sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.png"))
+    assert got == ["a/x.jpg.png", "a/x.png.png", "b/x.jpg.png"]

@@ -70,7 +70,7 @@ def test_pointwise_conv_matches_conv2d():
 def test_inference_model_matches_the_trained_one():
     """BatchNorm folded into the convs and channels_last change nothing but rounding."""
     import copy
-    from meterseg.infer import for_inference
+    from meterseg.checkpoint import for_inference
     torch.manual_seed(0)
     m = UNet(base=4, gates=(1, 2))
     m.train()

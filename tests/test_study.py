@@ -24,3 +24,27 @@ def test_train_all_in_worker_processes_then_reused(tmp_path, monkeypatch, synthe
     assert prov["jobs"] == 2 and prov["runs"] == 2 and prov["profile"] == "smoke"
     again = study.train_all(tmp_path, "smoke", [0], data=str(synthetic), jobs=1)  # reused, not retrained
     assert again == first
+
+
+def test_one_rule_for_the_results_folder(monkeypatch, tmp_path):
+    from meterseg.config import REPO, results_dir
+    monkeypatch.delenv("METERSEG_RESULTS", raising=False)
+    monkeypatch.delenv("METERSEG_PROFILE", raising=False)
+    assert results_dir() == ("cpu", REPO / "results")
+    assert results_dir("smoke") == ("smoke", REPO / "results" / "smoke")  # never the committed results/
+    assert results_dir("paper", "results/x") == ("paper", REPO / "results" / "x")  # relative to the repo
+    monkeypatch.setenv("METERSEG_RESULTS", str(tmp_path))
+    assert results_dir("smoke") == ("smoke", tmp_path)
+    monkeypatch.setenv("METERSEG_PROFILE", "smoke")
+    assert results_dir("", "") == ("smoke", tmp_path)
+
+
+def test_executed_notebooks_carry_no_absolute_path(tmp_path, monkeypatch, synthetic):
+    """A study run leaves no path of the machine in its notebooks (results outside the repo here)."""
+    from meterseg.config import REPO
+    monkeypatch.setenv("METERSEG_DATA", str(synthetic))
+    study.run_notebooks(["01_data_exploration"], "smoke", str(tmp_path / "res"), seeds=1, jobs=1)
+    text = (tmp_path / "res" / "notebooks" / "01_data_exploration.ipynb").read_text()
+    for leak in (str(REPO), str(tmp_path), os.environ["METERSEG_CACHE"], "/tmp/", "/work/", "/home/"):
+        assert leak not in text, leak
+    assert "synthetic" in text and "<outside the repo>" in text

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from meterseg.infer import CheckpointError, load_model
+from meterseg.checkpoint import CheckpointError, load_model
 from meterseg.train import make_config, train
 
 
@@ -97,3 +97,20 @@ def test_unknown_profile_and_field():
         make_config("huge")
     with pytest.raises(ValueError, match="unknown config fields"):
         make_config("cpu", widht=3)
+
+
+def test_a_run_on_other_data_is_refused_not_reused(tmp_path, synthetic):
+    """Changing METERSEG_DATA (or --data) must not silently reuse runs trained on other photos."""
+    import shutil
+    cfg = tiny_config(epochs=1, data=str(synthetic))
+    s = train(cfg, tmp_path / "run")
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["fingerprint"] == s["data_fingerprint"] and data["dataset"] == synthetic.name
+    assert "/" not in s["data"]  # no absolute path of this machine in the summary
+    moved = tmp_path / synthetic.name  # the same photos elsewhere: same fingerprint, reused
+    shutil.copytree(synthetic, moved)
+    assert train(tiny_config(epochs=1, data=str(moved)), tmp_path / "run") == s
+    label = sorted((moved / "train_labels" / "labels").glob("*.txt"))[0]
+    label.write_text("10 10 60 10 60 40 10 40 00001\n")  # one label changed
+    with pytest.raises(ValueError, match="trained on other data"):
+        train(tiny_config(epochs=1, data=str(moved)), tmp_path / "run")

@@ -2,25 +2,45 @@
 import argparse
 import csv
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from . import data as D
-from .infer import CheckpointError, load_model, pick_device, predict_photo
+from .checkpoint import CheckpointError
+from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
+from .losses import LOSSES
 from .metrics import METRICS, image_scores, summarize
+from .models import MODELS
+from .photos import PHOTO_EXT, DataError, read_mask
+
+CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES}
+HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
+        "max_photos": "cap on training photos (0 = all)", "device": "auto, cpu, cuda, cuda:1 ..."}
 
 
 def _gates(text):
     return tuple(int(g) for g in text.replace("+", ",").split(",") if g.strip())
 
 
+def add_config_flags(parser):
+    """One flag per Config field (the profile's value when left out), so every field can be overridden."""
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "profile":
+            parser.add_argument(flag, default=DEFAULT_PROFILE, choices=CHOICES["profile"])
+        elif f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            typ = {"tuple": _gates, "int": int, "float": float, "str": str}[getattr(f.type, "__name__", f.type)]
+            parser.add_argument(flag, dest=f.name, type=typ, choices=CHOICES.get(f.name), help=HELP.get(f.name))
+
+
 def cmd_train(a):
-    from .train import Config, make_config, train
-    overrides = {f.name: getattr(a, f.name) for f in dataclasses.fields(Config) if f.name != "profile" and hasattr(a, f.name)}
-    cfg = make_config(a.profile, **overrides)
+    from .train import make_config, train
+    cfg = make_config(a.profile, **{f.name: getattr(a, f.name) for f in dataclasses.fields(Config) if f.name != "profile"})
     s = train(cfg, a.out)
     t = s["test"]
     print(f"{a.out}: test dice {t['dice']:.4f} ± {t['dice_sd']:.4f} (n={t['n']}, pooled {t['pooled_dice']:.4f}), "
@@ -28,21 +48,41 @@ def cmd_train(a):
     return 0
 
 
+def mask_names(photos):
+    """Output mask name of each photo: its path relative to the photos' common folder, whole
+    file name kept, '.png' appended (a/x.jpg -> a/x.jpg.png), so two photos never share a mask."""
+    paths = [Path(p).resolve() for p in photos]
+    if not paths:
+        return {}
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return {p: p.relative_to(root).as_posix() + ".png" for p in paths}
+
+
 def cmd_predict(a):
-    device = pick_device(a.device)
-    model, cfg = load_model(a.checkpoint, device=device)
+    from .predictor import Predictor
+    predictor = Predictor.load(a.checkpoint, a.device)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the output folder ({e.strerror})") from None
     failed = 0
-    for photo in a.photos:
+    for photo, name in mask_names(dict.fromkeys(a.photos)).items():
         try:
-            mask, conf = predict_photo(model, cfg, photo, device)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{Path(photo).stem}.png")
-            print(f"{photo}: {int(mask.sum())} region pixels, confidence {conf:.3f}")
-        except (D.DataError, OSError) as e:
+            mask, conf = predictor.mask(photo)
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
+            print(f"{photo}: {int(mask.sum())} region pixels, confidence {conf:.3f} -> {out / name}")
+        except (DataError, OSError) as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _mask_stem(path):
+    """The photo stem a mask file stands for: x.jpg.png (predict's naming) and x.png both give x."""
+    name = Path(path).name.rsplit(".", 1)[0]
+    return Path(name).stem if Path(name).suffix.lower() in PHOTO_EXT else name
 
 
 def cmd_evaluate(a):
@@ -51,18 +91,24 @@ def cmd_evaluate(a):
         if not d.is_dir():
             print(f"error: {d}: folder not found", file=sys.stderr)
             return 2
-    truths = {p.stem: p for p in sorted(truth_dir.iterdir()) if p.suffix.lower() in D.PHOTO_EXT}
+    truths = {p.stem: p for p in sorted(truth_dir.iterdir()) if p.suffix.lower() in PHOTO_EXT}
+    preds = {}
+    for p in sorted(pred_dir.rglob("*")):
+        if p.suffix.lower() in PHOTO_EXT and p.is_file():
+            preds.setdefault(_mask_stem(p), []).append(p)
     rows, failed = [], 0
     for stem, tpath in truths.items():
-        matches = [p for p in pred_dir.iterdir() if p.stem == stem and p.suffix.lower() in D.PHOTO_EXT]
+        matches = preds.get(stem, [])
         try:
             if not matches:
-                raise D.DataError(f"{pred_dir / stem}.*: no prediction for ground truth {tpath}")
-            pred, truth = D.read_mask(matches[0]), D.read_mask(tpath)
+                raise DataError(f"{pred_dir / stem}.*: no prediction for ground truth {tpath}")
+            if len(matches) > 1:
+                raise DataError(f"{tpath}: several predictions could be its: {', '.join(map(str, matches))}")
+            pred, truth = read_mask(matches[0]), read_mask(tpath)
             if pred.shape != truth.shape:
-                raise D.DataError(f"{matches[0]}: size {pred.shape[::-1]} differs from {tpath} {truth.shape[::-1]}")
+                raise DataError(f"{matches[0]}: size {pred.shape[::-1]} differs from {tpath} {truth.shape[::-1]}")
             rows.append({"image": stem, **image_scores(pred, truth)})
-        except D.DataError as e:
+        except DataError as e:
             failed += 1
             print(f"error: {e}", file=sys.stderr)
     if not rows:
@@ -80,10 +126,9 @@ def cmd_evaluate(a):
 
 
 def cmd_compress(a):
-    from .storage import compress
-    device = pick_device(a.device)
-    model, cfg = load_model(a.checkpoint, device=device)
-    rows = compress(model, cfg, a.in_dir, a.out_dir, a.margin, a.format, a.quality, device, a.workers)
+    from .compress import compress
+    from .predictor import Predictor
+    rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.workers)
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"].startswith("error")]
     bi, bo = sum(int(r["bytes_in"]) for r in ok), sum(int(r["bytes_out"]) for r in ok)
@@ -96,43 +141,37 @@ def cmd_compress(a):
 
 
 def cmd_fetch(a):
-    dest = D.fetch_upstream(a.dest or D.REPO / "data" / "water-meters")
+    from .fetch import LOCAL_COPY, fetch_upstream
+    dest = fetch_upstream(a.dest or LOCAL_COPY)
     print(f"{dest}: verified")
     return 0
 
 
 def cmd_study(a):
     from .study import run_notebooks
-    names = a.notebooks or sorted(p.stem for p in (D.REPO / "notebooks").glob("[0-9]*.ipynb"))
-    run_notebooks(names, a.profile, a.results or (D.REPO / "results" if a.profile == "cpu" else D.REPO / "results" / a.profile),
-                  a.data, a.seeds, a.jobs)
+    names = a.notebooks or sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
+    run_notebooks(names, a.profile, a.results, a.data, a.seeds, a.jobs)
     return 0
 
 
 def build_parser():
+    from .compress import FORMATS
     p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train one run into a directory (reused if finished, resumed if killed)")
-    t.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
-    t.add_argument("--model", choices=["unet", "attunet"])
-    t.add_argument("--gates", type=_gates, help="gate positions from the deepest skip, e.g. 1,2")
-    t.add_argument("--loss", choices=["ce", "dice", "combo"])
+    add_config_flags(t)
     t.add_argument("--out", required=True, help="run directory")
-    for name, typ in [("seed", int), ("data", str), ("size", int), ("base", int), ("epochs", int),
-                      ("batch_size", int), ("lr", float), ("weight_decay", float), ("step_size", int),
-                      ("loss_weight", float), ("max_photos", int), ("device", str)]:
-        t.add_argument("--" + name.replace("_", "-"), dest=name, type=typ)
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("predict", help="write a 0/255 mask PNG per photo, at the photo's size")
+    pr = sub.add_parser("predict", help="write a 0/255 mask PNG per photo, at the photo's size (x.jpg -> x.jpg.png)")
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("--out", required=True)
     pr.add_argument("--device", default="auto")
     pr.add_argument("photos", nargs="+")
     pr.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("evaluate", help="per-image metrics of predicted masks against truth masks, by stem")
+    e = sub.add_parser("evaluate", help="per-image metrics of predicted masks against truth masks, by photo stem")
     e.add_argument("--pred", required=True)
     e.add_argument("--truth", required=True)
     e.add_argument("--out", required=True, help="CSV to write")
@@ -140,8 +179,8 @@ def build_parser():
 
     c = sub.add_parser("compress", help="crop photos to the predicted reading region, with a manifest")
     c.add_argument("--checkpoint", required=True)
-    c.add_argument("--margin", type=float, default=0.2, help="growth of the box, as a share of its longer side")
-    c.add_argument("--format", default="lossless", choices=["lossless", "jpeg", "webp", "png"])
+    c.add_argument("--margin", type=float, default=CROP_MARGIN, help="growth of the box, as a share of its longer side")
+    c.add_argument("--format", default="lossless", choices=FORMATS)
     c.add_argument("--quality", type=int, default=90)
     c.add_argument("--workers", type=int)
     c.add_argument("--device", default="auto")
@@ -149,9 +188,11 @@ def build_parser():
     c.add_argument("out_dir")
     c.set_defaults(func=cmd_compress)
 
-    st = sub.add_parser("study", help="run the notebooks through papermill into results/")
-    st.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
-    st.add_argument("--results", help="output folder (default results/, or results/<profile> for other profiles)")
+    st = sub.add_parser("study", help="train every run, then execute the notebooks through papermill")
+    st.add_argument("--profile", default="", choices=["", *CHOICES["profile"]],
+                    help=f"default: $METERSEG_PROFILE, else {DEFAULT_PROFILE}")
+    st.add_argument("--results", default="", help="output folder (default: results/ for the default profile, "
+                    "results/<profile>/ for others; $METERSEG_RESULTS overrides)")
     st.add_argument("--data", default="")
     st.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every table row")
     st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
@@ -168,6 +209,6 @@ def main(argv=None):
     a = build_parser().parse_args(argv)
     try:
         return a.func(a)
-    except (D.DataError, CheckpointError, ValueError, OSError) as e:
+    except (DataError, CheckpointError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

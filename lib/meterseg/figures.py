@@ -5,9 +5,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data import load_photo, truth_mask
-from .infer import photo_input, predict_photo, to_input
-from .storage import region_box
+from .config import QUALITY_THRESHOLDS
+from .metrics import image_scores
+from .photos import load_photo, truth_mask
+from .predictor import region_box, to_input
 
 
 def save(fig, results, name):
@@ -31,17 +32,17 @@ def overlay(ax, photo, mask, color=(0, 1, 0), title=""):
 def comparison(models, photos, labels):
     """Fig. 3: photo, ground truth, then each model's mask. On the last model's panel, red marks
     pixels it gets right and the model before it gets wrong, yellow the reverse.
-    models: {name: (model, cfg)}, the model of interest last."""
+    models: {name: Predictor}, the model of interest last."""
     fig, axes = plt.subplots(len(photos), 2 + len(models), figsize=(2.6 * (2 + len(models)), 2.4 * len(photos)),
                              squeeze=False)
     for row, (photo, label) in zip(axes, zip(photos, labels)):
         full, _ = load_photo(photo)
         truth = truth_mask(photo, label)
-        preds = {name: predict_photo(m, c, photo)[0] for name, (m, c) in models.items()}
+        preds = {name: p.mask(photo)[0] for name, p in models.items()}
         overlay(row[0], full, None, title=Path(photo).stem)
         overlay(row[1], full, truth, title="ground truth")
         for ax, (name, pred) in zip(row[2:], preds.items()):
-            d = 2 * (pred & truth).sum() / max(pred.sum() + truth.sum(), 1)
+            d = image_scores(pred, truth)["dice"]
             overlay(ax, full, pred, color=(0, 0.6, 1), title=f"{name} (Dice {d:.3f})")
         if len(preds) > 1:
             (_, before), (_, last) = list(preds.items())[-2:]
@@ -68,18 +69,19 @@ def _zoom(box, shape, pad=1.5):
 
 
 @torch.no_grad()
-def attention_maps(model, cfg, photos):
+def attention_maps(predictor, photos):
     """Each gate's attention coefficients over a few photos: one row per photo."""
+    model, size = predictor.model, predictor.size
     gates = model.gates
     fig, axes = plt.subplots(len(photos), 1 + len(gates), figsize=(2.8 * (1 + len(gates)), 2.6 * len(photos)),
                              squeeze=False)
     for row, photo in zip(axes, photos):
-        x, _ = photo_input(photo, cfg["size"])
-        _, att = model(to_input(x, "cpu"), return_attention=True)
-        im, _ = load_photo(photo, cfg["size"])
+        x, _ = predictor.inputs(photo)
+        _, att = model(to_input(x, predictor.device), return_attention=True)
+        im, _ = load_photo(photo, size)
         overlay(row[0], im, None, title=Path(photo).stem)
         for ax, g in zip(row[1:], gates):
-            a = att[g][0, 0].numpy()
+            a = att[g][0, 0].float().cpu().numpy()
             ax.imshow(im)
             h = ax.imshow(a, cmap="magma", alpha=0.6, vmin=0, vmax=1, extent=(0, im.width, im.height, 0))
             ax.set_title(f"gate {g}: alpha ({a.shape[0]}x{a.shape[1]})", fontsize=8)
@@ -101,7 +103,7 @@ def learning_curves(histories):
     return fig
 
 
-def dice_vs_time(histories, thresholds=(0.90, 0.93)):
+def dice_vs_time(histories, thresholds=QUALITY_THRESHOLDS):
     """Validation Dice against cumulative training seconds, with the quality thresholds marked."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, h in histories.items():
@@ -110,5 +112,85 @@ def dice_vs_time(histories, thresholds=(0.90, 0.93)):
         ax.axhline(th, color="grey", ls=":", lw=0.8)
     ax.set(xlabel="training wall-clock seconds", ylabel="validation Dice", title="time to quality")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def crop_misses(by_margin, margin, photos, truths, n=6):
+    """The photos whose crop at margin loses part of the region: truth tinted, crop box in red (None if none)."""
+    at = by_margin[by_margin["margin"] == margin].set_index("image")
+    miss = at[at["gt_kept"] < 1].sort_values("gt_kept").index[:n]
+    if len(miss) == 0:
+        return None
+    idx = {Path(p).stem: i for i, p in enumerate(photos)}
+    fig, axes = plt.subplots(1, len(miss), figsize=(3.5 * len(miss), 3.5), squeeze=False)
+    for ax, stem in zip(axes[0], miss):
+        i, r = idx[stem], at.loc[stem]
+        overlay(ax, load_photo(photos[i])[0], truths[i], title=f"{stem}: keeps {100 * r.gt_kept:.1f}%")
+        ax.add_patch(plt.Rectangle((r.x0, r.y0), r.x1 - r.x0, r.y1 - r.y0, fill=False, ec="red"))
+    return fig
+
+
+def savings_curves(curve, formats, lossless_kb, margin):
+    """Left: bytes saved and photos fully kept against margin. Right: crop bytes by format and quality."""
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
+    ax[0].plot(curve["margin"], curve["saving_pct"], marker="o", label="bytes saved %")
+    ax[0].plot(curve["margin"], curve["photos_fully_kept_pct"], marker="s", label="photos with 100% of region kept %")
+    ax[0].set(xlabel="margin (share of the box's longer side)", ylabel="%", title="crop against margin")
+    ax[0].legend()
+    for f, d in formats.groupby("format"):
+        ax[1].plot(d["quality"], d["bytes_out"] / 1e3, marker="o", label=f)
+    ax[1].axhline(lossless_kb, color="k", ls="--", label="crop as compress stores it")
+    ax[1].set(xlabel="quality", ylabel="mean KB per crop", title=f"crop at margin {margin}: format and quality")
+    ax[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def paired_histogram(diff):
+    """Histogram of per-photo Dice differences (a Series from study.per_image_dice_diff)."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.hist(diff, bins=30)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel="Dice(AttU) - Dice(U-Net), per test photo, mean over seeds", ylabel="photos")
+    return fig
+
+
+def photo_sizes(card):
+    """Photo sizes (W x H) as bars, and file sizes as a histogram, of the usable photos of a data card."""
+    ok = card[card["error"] == ""]
+    sizes = ok.groupby(["width", "height"]).size().sort_values(ascending=False)
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.2))
+    ax[0].bar([f"{w}x{h}" for w, h in sizes.index], sizes.values)
+    ax[0].tick_params(axis="x", rotation=70, labelsize=7)
+    ax[0].set(title="photo sizes (W x H)", ylabel="photos")
+    ax[1].hist(ok["bytes"] / 1e3, bins=40)
+    ax[1].set(title=f"file size: mean {ok['bytes'].mean() / 1e3:.0f} KB", xlabel="KB", ylabel="photos")
+    fig.tight_layout()
+    return fig
+
+
+def region_share(card):
+    """Histograms of the quad's and its bounding box's share of the photo area."""
+    ok = card[card["error"] == ""]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(100 * ok["mask_share"], bins=40, alpha=0.7, label=f"quad: mean {100 * ok['mask_share'].mean():.2f}%")
+    ax.hist(100 * ok["bbox_share"], bins=40, alpha=0.7, label=f"its bounding box: mean {100 * ok['bbox_share'].mean():.2f}%")
+    ax.set(xlabel="% of photo area", ylabel="photos", title="reading-region share of the photo")
+    ax.legend()
+    return fig
+
+
+def examples(card, pairs):
+    """Six photos from the smallest to the largest region share, truth tinted. pairs: {stem: (photo, label)}."""
+    ok = card[card["error"] == ""].sort_values("mask_share")
+    n = len(ok)
+    picks = ok.iloc[sorted({0, n // 4, n // 2, 3 * n // 4, max(n - 2, 0), n - 1})]
+    fig, axes = plt.subplots(2, 3, figsize=(11, 7))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, r) in zip(axes.flat, picks.iterrows()):
+        photo, label = pairs[r["stem"]]
+        overlay(ax, load_photo(photo)[0], truth_mask(photo, label), title=f"{r['stem']}: region {100 * r['mask_share']:.1f}%")
     fig.tight_layout()
     return fig

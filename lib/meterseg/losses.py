@@ -2,6 +2,8 @@
 import torch
 import torch.nn.functional as F
 
+from .config import PAPER_LOSS_WEIGHT
+
 SMOOTH = 1.0  # keeps soft Dice defined on an image with no foreground (it then rewards an empty prediction)
 
 
@@ -19,17 +21,20 @@ def soft_dice_loss(logits, target):
     return 1 - dice.mean()
 
 
-def combo_loss(logits, target, weight=0.36):
+def combo_loss(logits, target, weight=PAPER_LOSS_WEIGHT):
     """The paper's eq. (3): weight * (CE + Dice)."""
     return weight * (cross_entropy_loss(logits, target) + soft_dice_loss(logits, target))
 
 
-def get_loss(name, weight=0.36):
-    """A loss function by name: ce, dice or combo."""
+LOSSES = ("ce", "dice", "combo")
+
+
+def get_loss(name, weight=PAPER_LOSS_WEIGHT):
+    """A loss function by name, one of LOSSES."""
     if name == "ce":
         return cross_entropy_loss
     if name == "dice":
         return soft_dice_loss
     if name == "combo":
         return lambda logits, target: combo_loss(logits, target, weight)
-    raise ValueError(f"unknown loss {name!r}: expected 'ce', 'dice' or 'combo'")
+    raise ValueError(f"unknown loss {name!r}: expected one of {LOSSES}")

@@ -107,6 +107,9 @@ class UNet(nn.Module):
         return (logits, attention) if return_attention else logits
 
 
+MODELS = ("unet", "attunet")
+
+
 def build_model(name, base, gates=(1, 2)):
     """`unet` is the AttU with no gates; `attunet` uses `gates` (default: the paper's 1+2)."""
     if name == "unet":
@@ -115,4 +118,4 @@ def build_model(name, base, gates=(1, 2)):
         if not gates:
             raise ValueError("attunet needs at least one gate position; use model=unet for none")
         return UNet(base, gates=gates)
-    raise ValueError(f"unknown model {name!r}: expected 'unet' or 'attunet'")
+    raise ValueError(f"unknown model {name!r}: expected one of {MODELS}")

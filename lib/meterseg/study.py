@@ -8,16 +8,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import REPO, find_pairs, load_split
+from .config import PAPER_LOSS_WEIGHT, QUALITY_THRESHOLDS, REPO, make_config, results_dir, shown
+from .dataset import prepare_data, split_pairs
 from .metrics import METRICS
-from .train import git_commit, make_config, prepare_data, resolve_data, run_name, split_file, train
+from .train import git_commit, run_name, train
+
+W = f"{PAPER_LOSS_WEIGHT:g}"
 
 # The paper's numbers (mean ± SD in %), quoted beside ours; they are citations, not results.
 PAPER = {
     "table1": {
         "AttU + Dice": "81.75±0.15 71.93±0.14 87.53±0.13 81.08±0.83 97.55±0.01",
         "AttU + CE": "81.91±0.17 72.37±0.28 88.23±0.11 81.73±0.44 97.63±0.04",
-        "AttU + 0.36(Dice+CE)": "82.98±0.05 74.37±0.11 89.09±0.09 82.73±0.23 97.71±0.02",
+        f"AttU + {W}(Dice+CE)": "82.98±0.05 74.37±0.11 89.09±0.09 82.73±0.23 97.71±0.02",
     },
     "table2": {
         "gate 1": "81.13±0.12 73.14±0.04 88.15±0.16 82.21±0.64 97.58±0.11",
@@ -32,7 +35,7 @@ PAPER = {
 
 # Each table row: its label and the config fields that differ from the paper's AttU.
 TABLES = {
-    "table1": {"AttU + Dice": dict(loss="dice"), "AttU + CE": dict(loss="ce"), "AttU + 0.36(Dice+CE)": dict()},
+    "table1": {"AttU + Dice": dict(loss="dice"), "AttU + CE": dict(loss="ce"), f"AttU + {W}(Dice+CE)": dict()},
     "table2": {"gate 1": dict(gates=(1,)), "gate 2": dict(gates=(2,)), "gates 1+2": dict()},
     "table3": {"U-Net": dict(model="unet"), "AttU": dict()},
 }
@@ -105,6 +108,11 @@ def ensure_table(results, table, profile, seeds, data=""):
     return {label: [ensure_run(results, profile, s, data, **f) for s in seeds] for label, f in TABLES[table].items()}
 
 
+def run_checkpoint(results, profile, seed, **fields):
+    """The best.pt of a finished run of profile + fields + seed."""
+    return run_dir(results, make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed)) / "best.pt"
+
+
 def load_run(results, profile, seed, **fields):
     """(summary, history, per-image test metrics) of a finished run."""
     d = run_dir(results, make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed))
@@ -145,16 +153,36 @@ def write_table(df, name, results, paper=None, title="", note=""):
     return out / f"{name}.md"
 
 
+def runs_table(summaries):
+    """One row per run: seed, best epoch, validation and test metrics, time, device."""
+    return pd.DataFrame([{"seed": s["seed"], "best_epoch": s["best_epoch"], "val_dice": s["best_val_dice"],
+                          **{m: s["test"][m] for m in (*METRICS, "pooled_dice")},
+                          "train_s": s["train_seconds"], "s_per_epoch": s["seconds_per_epoch"], "device": s["device"]}
+                         for s in summaries])
+
+
+def largest_gaps(a, b, k=3):
+    """The k test images where the per-image Dice of b and a differ most (seed 0's runs), largest first."""
+    gap = (b.set_index("image")["dice"] - a.set_index("image")["dice"]).abs()
+    return list(gap.sort_values(ascending=False).index[:k])
+
+
+def per_image_dice_diff(a, b):
+    """Per test image, Dice of b minus Dice of a, each averaged over seeds (lists of per-seed test metrics)."""
+    da = pd.concat([t.set_index("image")["dice"] for t in a], axis=1).mean(axis=1)
+    db = pd.concat([t.set_index("image")["dice"] for t in b], axis=1).mean(axis=1)
+    return (db - da.reindex(db.index)).rename("dice_diff")
+
+
 def paired_difference(a, b, n_boot=10_000, seed=0):
     """Paired comparison of per-image Dice b - a (DataFrames of test metrics, one per seed, same images).
 
     Per seed: the mean difference. Per image (averaged over seeds): the mean difference,
     a percentile bootstrap 95% CI over images, and a two-sided sign-flip permutation p-value.
+    These compare the trained networks at hand, not the architectures.
     """
     per_seed = [float((tb.set_index("image")["dice"] - ta.set_index("image")["dice"]).mean()) for ta, tb in zip(a, b)]
-    da = pd.concat([t.set_index("image")["dice"] for t in a], axis=1).mean(axis=1)
-    db = pd.concat([t.set_index("image")["dice"] for t in b], axis=1).mean(axis=1)
-    d = (db - da.reindex(db.index)).to_numpy()
+    d = per_image_dice_diff(a, b).to_numpy()
     rng = np.random.default_rng(seed)
     boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
     flips = rng.choice([-1.0, 1.0], (n_boot, len(d)))
@@ -178,24 +206,12 @@ def record(results, name, profile, seconds, **extra):
     return prov[name]
 
 
-def resolve(profile="", results=""):
-    """The profile and results folder a notebook runs with: its parameters, else the
-    environment ($METERSEG_PROFILE, $METERSEG_RESULTS), else cpu and <repo>/results."""
-    profile = profile or os.environ.get("METERSEG_PROFILE") or "cpu"
-    results = Path(results or os.environ.get("METERSEG_RESULTS") or REPO / "results")
-    return profile, results.resolve()
-
-
 def test_pairs(profile, data=""):
-    """(photos, labels) of the test split of the profile's dataset, in stem order."""
-    root = resolve_data(make_config(profile, data=data))
-    pairs = find_pairs(root)
-    split = load_split([s for s, _, _ in pairs], split_file(root))
-    test = [(p, l) for s, p, l in pairs if split[s] == "test"]
-    return [p for p, _ in test], [l for _, l in test]
+    """(photos, labels) of the test split, the same photos the runs score (dataset.prepare_data)."""
+    return split_pairs(make_config(profile, data=data), "test")
 
 
-def time_to_quality(histories, thresholds=(0.90, 0.93)):
+def time_to_quality(histories, thresholds=QUALITY_THRESHOLDS):
     """Training seconds (cumulative over epochs) until validation Dice first reaches each threshold."""
     rows = []
     for label, h in histories.items():
@@ -219,7 +235,7 @@ def ship_model(results, profile, seeds):
     shutil.copyfile(src, out / "attunet.pt")
     t = best["test"]
     (out / "README.md").write_text(
-        f"# attunet.pt\n\nThe `{profile}`-profile Attention U-Net (gates 1+2, 0.36(CE+Dice)) of seed {seed}, "
+        f"# attunet.pt\n\nThe `{profile}`-profile Attention U-Net (gates 1+2, {W}(CE+Dice)) of seed {seed}, "
         f"chosen among seeds {list(seeds)} by validation Dice ({best['best_val_dice']:.4f}, epoch {best['best_epoch']}).\n\n"
         f"Test split ({t['n']} photos, metrics at each photo's original size, SD with ddof=1):\n\n"
         + "| metric | mean | sd |\n|---|---|---|\n"
@@ -235,31 +251,49 @@ def loss_scale_comparison(results, profile, seed, data=""):
     a = ensure_run(results, profile, seed, data)
     b = ensure_run(results, profile, seed, data, loss_weight=1.0)
     ha, hb = load_run(results, profile, seed)[1], load_run(results, profile, seed, loss_weight=1.0)[1]
-    df = pd.DataFrame({"epoch": ha["epoch"], "loss_0.36": ha["train_loss"], "loss_1.0": hb["train_loss"],
-                       "val_dice_0.36": ha["val_dice"], "val_dice_1.0": hb["val_dice"]})
-    df["loss_ratio"] = df["loss_0.36"] / df["loss_1.0"]
-    df["val_dice_diff"] = df["val_dice_1.0"] - df["val_dice_0.36"]
+    df = pd.DataFrame({"epoch": ha["epoch"], f"loss_{W}": ha["train_loss"], "loss_1.0": hb["train_loss"],
+                       f"val_dice_{W}": ha["val_dice"], "val_dice_1.0": hb["val_dice"]})
+    df["loss_ratio"] = df[f"loss_{W}"] / df["loss_1.0"]
+    df["val_dice_diff"] = df["val_dice_1.0"] - df[f"val_dice_{W}"]
     return df, a["test"]["dice"], b["test"]["dice"]
 
 
-def run_notebooks(names, profile, results, data="", seeds=3, jobs=None):
+def run_notebooks(names, profile, results="", data="", seeds=3, jobs=None):
     """Train every run (train_all), then execute notebooks/<name>.ipynb with papermill into
-    results/notebooks/, recording wall times."""
+    <results>/notebooks/, recording wall times.
+
+    Paths reach the notebooks relative to the repository where they can (a folder outside it
+    goes through the environment instead), so executed notebooks carry no absolute path.
+    """
     import papermill as pm
-    results = Path(results).resolve()
+    profile, results = results_dir(profile, results)
     (results / "notebooks").mkdir(parents=True, exist_ok=True)
     times, t0 = {}, time.time()
     train_all(results, profile, list(range(seeds)), data, jobs)
     times["train_all"] = round(time.time() - t0, 1)
-    for name in names:
-        t = time.time()
-        print(f"[study] {name} (profile {profile}) ...", flush=True)
-        pm.execute_notebook(REPO / "notebooks" / f"{name}.ipynb", results / "notebooks" / f"{name}.ipynb",
-                            parameters={"PROFILE": profile, "RESULTS": str(results), "DATA": data, "SEEDS": seeds},
-                            cwd=str(REPO / "notebooks"), progress_bar=False)
-        times[name] = round(time.time() - t, 1)
-        print(f"[study] {name}: {times[name]:.0f} s", flush=True)
+    inside = not shown(results).startswith("<")
+    env = {"METERSEG_RESULTS": str(results)} if not inside else {}
+    if data and Path(data).is_absolute():
+        env["METERSEG_DATA"], data = str(data), ""
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        for name in names:
+            t = time.time()
+            print(f"[study] {name} (profile {profile}) ...", flush=True)
+            src, dst = REPO / "notebooks" / f"{name}.ipynb", results / "notebooks" / f"{name}.ipynb"
+            pm.execute_notebook(src, dst, parameters={"PROFILE": profile, "RESULTS": shown(results) if inside else "",
+                                                      "DATA": data, "SEEDS": seeds},
+                                cwd=REPO / "notebooks", progress_bar=False)
+            nb = json.loads(dst.read_text())  # papermill records where it read and wrote: as the repo sees it
+            nb["metadata"]["papermill"].update(input_path=shown(src), output_path=shown(dst))
+            dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            times[name] = round(time.time() - t, 1)
+            print(f"[study] {name}: {times[name]:.0f} s", flush=True)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     total = time.time() - t0
     record(results, "study", profile, total, notebook_seconds=times)
-    print(f"[study] total {total / 60:.1f} min; executed notebooks in {results / 'notebooks'}")
+    print(f"[study] total {total / 60:.1f} min; executed notebooks in {shown(results / 'notebooks')}")
     return times
