@@ -99,18 +99,20 @@ def test_unknown_profile_and_field():
         make_config("cpu", widht=3)
 
 
-def test_a_run_on_other_data_is_refused_not_reused(tmp_path, synthetic):
-    """Changing METERSEG_DATA (or --data) must not silently reuse runs trained on other photos."""
+def test_a_run_on_other_data_is_refused_not_reused(tmp_path, synthetic, monkeypatch):
+    """Changing METERSEG_DATA must not silently reuse runs trained on other photos."""
     import shutil
-    cfg = tiny_config(epochs=1, data=str(synthetic))
+    cfg = make_config("cpu", size=32, base=4, epochs=1, step_size=1)  # data "": found through METERSEG_DATA
+    monkeypatch.setenv("METERSEG_DATA", str(synthetic))
     s = train(cfg, tmp_path / "run")
     data = json.loads((tmp_path / "run" / "data.json").read_text())
     assert data["fingerprint"] == s["data_fingerprint"] and data["dataset"] == synthetic.name
     assert "/" not in s["data"]  # no absolute path of this machine in the summary
     moved = tmp_path / synthetic.name  # the same photos elsewhere: same fingerprint, reused
     shutil.copytree(synthetic, moved)
-    assert train(tiny_config(epochs=1, data=str(moved)), tmp_path / "run") == s
+    monkeypatch.setenv("METERSEG_DATA", str(moved))
+    assert train(cfg, tmp_path / "run") == s
     label = sorted((moved / "train_labels" / "labels").glob("*.txt"))[0]
     label.write_text("10 10 60 10 60 40 10 40 00001\n")  # one label changed
     with pytest.raises(ValueError, match="trained on other data"):
-        train(tiny_config(epochs=1, data=str(moved)), tmp_path / "run")
+        train(cfg, tmp_path / "run")
