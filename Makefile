@@ -15,7 +15,6 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	@command -v jpegtran >/dev/null || echo "note: jpegtran not found; compress falls back to re-encoding (apt-get install libjpeg-turbo-progs)"
 	touch $(STAMP)
 
 study: $(STAMP)
