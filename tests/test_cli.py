@@ -57,7 +57,7 @@ def test_every_config_field_is_a_train_flag():
     """Each Config field can be set from the command line, to a value unlike the profile's."""
     values = {"data": "/some/folder", "model": "unet", "gates": "2", "loss": "dice", "loss_weight": "0.5", "size": "48",
               "base": "4", "epochs": "2", "batch_size": "4", "lr": "0.01", "weight_decay": "0.1", "step_size": "1",
-              "gamma": "0.5", "max_photos": "3", "seed": "7", "device": "cpu"}
+              "gamma": "0.5", "schedule": "step", "warmup": "0.5", "max_photos": "3", "seed": "7", "device": "cpu"}
     fields = {f.name for f in dataclasses.fields(Config)} - {"profile", "augment"}
     assert fields == set(values)  # a new field must be added here, and so to the CLI check
     argv = ["train", "--profile", "smoke", "--out", "x", "--no-augment"]

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -32,20 +33,47 @@ def test_paper_widths():
     assert [b[0].out_channels for b in m.down] == [64, 128, 256, 512, 1024]
 
 
-def test_attention_gate_matches_eq_1_2_by_hand():
+def _bilinear_x2_numpy(a):
+    """Bilinear upsampling by 2 of (H, W), half-pixel centres, edges clamped: written out by hand."""
+    def axis(n):  # output i samples input (i + 0.5) / 2 - 0.5: weights 3/4 and 1/4 of two neighbours
+        i = np.arange(2 * n)
+        near = i // 2
+        far = np.clip(np.where(i % 2 == 0, near - 1, near + 1), 0, n - 1)
+        return near, far
+    rn, rf = axis(a.shape[0])
+    cn, cf = axis(a.shape[1])
+    rows = 0.75 * a[rn] + 0.25 * a[rf]
+    return 0.75 * rows[:, cn] + 0.25 * rows[:, cf]
+
+
+def test_attention_gate_matches_eq_1_2_written_in_numpy():
+    """A second implementation of eq. (1)-(2) with 2x2 stride-2 W_b, in loops and numpy, not torch ops."""
     torch.manual_seed(0)
     g = AttentionGate(skip_ch=3, gate_ch=5, inter_ch=4)
     xb, xt = torch.randn(1, 3, 8, 8), torch.randn(1, 5, 4, 4)
     out, alpha = g(xb, xt)
-    # eq. (1): q = psi^T relu(W_t^T x_t + W_b^T x_b + b) + b_psi, with x_b taken on x_t's grid (stride 2)
-    wb, wt, wp = g.w_b.weight[:, :, 0, 0], g.w_t.weight[:, :, 0, 0], g.psi.weight[:, :, 0, 0]
-    xb2 = xb[:, :, ::2, ::2]
-    q = torch.einsum("oc,nchw->nohw", wp, torch.relu(
-        torch.einsum("oc,nchw->nohw", wb, xb2) + torch.einsum("oc,nchw->nohw", wt, xt) + g.w_t.bias[None, :, None, None]
-    )) + g.psi.bias[None, :, None, None]
-    ref = F.interpolate(torch.sigmoid(q), size=(8, 8), mode="bilinear", align_corners=False)  # eq. (2), resampled
-    torch.testing.assert_close(alpha, ref)
-    torch.testing.assert_close(out, xb * ref)
+    wb = g.w_b.weight.detach().numpy()  # (inter, skip, 2, 2)
+    wt, bt = g.w_t.weight.detach().numpy()[:, :, 0, 0], g.w_t.bias.detach().numpy()
+    wp, bp = g.psi.weight.detach().numpy()[0, :, 0, 0], g.psi.bias.detach().numpy()[0]
+    b, t = xb.numpy()[0], xt.numpy()[0]
+    q = np.zeros((4, 4))
+    for y in range(4):
+        for x in range(4):
+            patch = b[:, 2 * y:2 * y + 2, 2 * x:2 * x + 2]  # the 2x2 skip pixels under this gating pixel
+            hidden = np.maximum(0, (wb * patch[None]).sum(axis=(1, 2, 3)) + wt @ t[:, y, x] + bt)
+            q[y, x] = wp @ hidden + bp
+    ref = _bilinear_x2_numpy(1 / (1 + np.exp(-q)))
+    np.testing.assert_allclose(alpha.detach().numpy()[0, 0], ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.detach().numpy(), xb.numpy() * ref, rtol=1e-5, atol=1e-6)
+
+
+def test_every_skip_pixel_feeds_the_gate():
+    torch.manual_seed(0)
+    g = AttentionGate(skip_ch=2, gate_ch=3, inter_ch=4)
+    xb = torch.randn(1, 2, 8, 8, requires_grad=True)
+    _, alpha = g(xb, torch.randn(1, 3, 4, 4))
+    alpha.sum().backward()
+    assert (xb.grad.abs().sum(dim=1) > 0).all()  # a stride-2 1x1 W_b would leave 3 pixels in 4 at zero
 
 
 def test_bad_model_settings():

@@ -5,12 +5,14 @@ from meterseg import study
 
 
 def test_study_runs_are_the_tables_runs_once_each():
-    specs = study.study_runs("cpu", [0, 1, 2])
+    specs = study.study_runs("cpu", [0, 1, 2, 3, 4])
     names = [study.run_name(study.make_config("cpu", **{**study.PAPER_ATTU, **f}, seed=s)) for s, f in specs]
     assert len(names) == len(set(names))
-    # by hand: paper AttU, Dice, CE, gate 1, gate 2, U-Net (x 3 seeds) + the 1.0 x (CE+Dice) check on seed 0
-    assert len(specs) == 6 * 3 + 1
-    assert "attunet-g12-combo1-s0" in names and "unet-nogate-combo-s2" in names and "attunet-g1-combo-s1" in names
+    # by hand: paper AttU, Dice, CE, gate 1, gate 2, U-Net and the 1.0 x (CE+Dice) check, x 5 seeds
+    assert len(specs) == 7 * 5
+    assert "attunet-g12-combo1-s4" in names and "unet-nogate-combo-s2" in names and "attunet-g1-combo-s1" in names
+    for _, a, b in study.COMPARISONS:
+        assert a in study.ROWS and b in study.ROWS
 
 
 def test_train_all_in_worker_processes_then_reused(tmp_path, monkeypatch, synthetic):

@@ -80,11 +80,12 @@ def _largest_scale_under(im, target, quality=90):
     return best or (lo, encode(shrink(lo), "jpeg", quality))
 
 
-def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_MARGIN, qualities=(30, 50, 70, 90)):
+def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_MARGIN, qualities=(30, 50, 70, 90),
+               margins_only=False):
     """Everything notebook 05 reports, per photo: (by margin, by format, baselines) as DataFrames.
 
     Crops are made by compress's own per-photo function. truths: a bool mask per photo at its
-    own size (or None for an unlabelled photo).
+    own size (or None for an unlabelled photo). margins_only: skip formats and baselines.
     """
     by_margin, by_format, baselines = [], [], []
     for photo, truth in zip(photos, truths):
@@ -100,7 +101,7 @@ def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_M
                               "method": f["method"], "found": box0 is not None,
                               "gt_kept": gt_kept(box, truth) if truth is not None else np.nan,
                               "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
-        if box0 is None or truth is None:
+        if box0 is None or truth is None or margins_only:
             continue
         full = to_rgb(open_photo(photo, data), photo)
         crop = full.crop(grow_box(box0, default_margin, orig))
@@ -126,6 +127,14 @@ def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_M
                               "psnr": psnr(ref, rec) if rec is not None else np.nan,
                               "ssim": ssim(ref, rec) if rec is not None else np.nan})
     return pd.DataFrame(by_margin), pd.DataFrame(by_format), pd.DataFrame(baselines)
+
+
+def choose_margin(by_margin, target_pct=99.0):
+    """The smallest margin whose crop keeps the whole region on at least target_pct % of the photos
+    (run on the validation split: the protocol's rule), or the largest margin tried if none does."""
+    curve = margin_curve(by_margin)
+    ok = curve[curve["photos_fully_kept_pct"] >= target_pct]
+    return float(ok["margin"].min() if len(ok) else curve["margin"].max())
 
 
 def saving_at(by_margin, margin):

@@ -14,9 +14,10 @@ from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
 from .losses import LOSSES
 from .metrics import METRICS, image_scores, summarize
 from .models import MODELS
+from .train import SCHEDULES
 from .photos import PHOTO_EXT, DataError, read_mask
 
-CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES}
+CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
 HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
         "max_photos": "cap on training photos (0 = all)", "device": "auto, cpu, cuda, cuda:1 ..."}
 
@@ -194,7 +195,7 @@ def build_parser():
     st.add_argument("--results", default="", help="output folder (default: results/ for the default profile, "
                     "results/<profile>/ for others; $METERSEG_RESULTS overrides)")
     st.add_argument("--data", default="")
-    st.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every table row")
+    st.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every table row")
     st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)

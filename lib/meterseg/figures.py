@@ -29,17 +29,17 @@ def overlay(ax, photo, mask, color=(0, 1, 0), title=""):
     ax.axis("off")
 
 
-def comparison(models, photos, labels):
+def comparison(models, photos, labels, notes=None):
     """Fig. 3: photo, ground truth, then each model's mask. On the last model's panel, red marks
     pixels it gets right and the model before it gets wrong, yellow the reverse.
-    models: {name: Predictor}, the model of interest last."""
+    models: {name: Predictor}, the model of interest last; notes: a line per photo for its title."""
     fig, axes = plt.subplots(len(photos), 2 + len(models), figsize=(2.6 * (2 + len(models)), 2.4 * len(photos)),
                              squeeze=False)
-    for row, (photo, label) in zip(axes, zip(photos, labels)):
+    for k, (row, (photo, label)) in enumerate(zip(axes, zip(photos, labels))):
         full, _ = load_photo(photo)
         truth = truth_mask(photo, label)
         preds = {name: p.mask(photo)[0] for name, p in models.items()}
-        overlay(row[0], full, None, title=Path(photo).stem)
+        overlay(row[0], full, None, title=Path(photo).stem + (f"\n{notes[k]}" if notes else ""))
         overlay(row[1], full, truth, title="ground truth")
         for ax, (name, pred) in zip(row[2:], preds.items()):
             d = image_scores(pred, truth)["dice"]
@@ -54,7 +54,15 @@ def comparison(models, photos, labels):
         for ax in row:
             ax.set_xlim(zoom[0], zoom[2])
             ax.set_ylim(zoom[3], zoom[1])
-    fig.tight_layout()
+    if len(models) > 1:
+        from matplotlib.patches import Patch
+        first, last = list(models)[-2:]
+        fig.legend(handles=[Patch(color=(0, 0.6, 1), alpha=0.45, label="predicted region"),
+                            Patch(color=(0, 1, 0), alpha=0.45, label="ground truth"),
+                            Patch(color=(1, 0, 0), label=f"{last} right, {first} wrong"),
+                            Patch(color=(1, 0.85, 0), label=f"{first} right, {last} wrong")],
+                   loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     return fig
 
 
@@ -87,6 +95,46 @@ def attention_maps(predictor, photos):
             ax.set_title(f"gate {g}: alpha ({a.shape[0]}x{a.shape[1]})", fontsize=8)
             ax.axis("off")
         fig.colorbar(h, ax=row[-1], fraction=0.046)
+    return fig
+
+
+def row_learning_curves(histories):
+    """Validation Dice per epoch of every row, one panel a row, one line a seed. histories: {row: [DataFrame]}."""
+    n = len(histories)
+    cols = min(4, n)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.6 * ((n + cols - 1) // cols)),
+                             squeeze=False, sharey=True)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (label, hs) in zip(axes.flat, histories.items()):
+        for s, h in enumerate(hs):
+            ax.plot(h["epoch"], h["val_dice"], marker=".", lw=1, label=f"seed {s}")
+        ax.set(title=label, xlabel="epoch", ylim=(0.5, 1.0))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("validation Dice")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_seed_differences(comparisons):
+    """Each comparison b - a in Dice points: the seeds' own differences (dots), the Welch 95 % CI of the
+    difference of seed means (thick bar) and the hierarchical-bootstrap CI (thin bar)."""
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(comparisons) + 1))
+    for i, r in enumerate(comparisons.to_dict("records")):
+        y = len(comparisons) - 1 - i
+        ax.plot([r["welch_ci95_lo"], r["welch_ci95_hi"]], [y, y], color="C0", lw=5, alpha=0.5,
+                label="Welch 95% CI (seeds)" if i == 0 else None)
+        ax.plot([r["hier_boot_ci95_lo"], r["hier_boot_ci95_hi"]], [y - 0.18] * 2, color="C1", lw=1.5,
+                label="hierarchical bootstrap 95% CI" if i == 0 else None)
+        d = [float(v) for v in r["per_seed_diffs"].split()]
+        ax.scatter(d, [y] * len(d), color="k", s=12, zorder=3, label="seed s - seed s" if i == 0 else None)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(range(len(comparisons)))
+    ax.set_yticklabels([f"{r['b']} - {r['a']}" for r in comparisons.to_dict("records")][::-1], fontsize=8)
+    ax.set(xlabel="test Dice difference (points)", title="per-seed differences and seed-level CIs")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
     return fig
 
 

@@ -40,15 +40,16 @@ class AttentionGate(nn.Module):
 
     X_t, the gating signal, is the decoder feature one level deeper than the skip X_b
     (the tensor that is about to be upsampled and joined to X_b), so it carries the
-    coarser, more semantic context. W_b is a strided 1x1 conv that brings X_b down to
-    X_t's grid; the additive attention is computed there, and only the one-channel
-    coefficient map is resampled (bilinear) back up to X_b's size, as the paper's
-    "X4 obtains alpha through resampling" says.
+    coarser, more semantic context. W_b is a 2x2 conv at stride 2 that brings X_b down to
+    X_t's grid with every skip pixel feeding it (Oktay et al. 2018's grid attention; a 1x1
+    conv at stride 2 would read one skip pixel in four). The additive attention is computed
+    there, and only the one-channel coefficient map is resampled (bilinear) back up to X_b's
+    size, as the paper's "X4 obtains alpha through resampling" says.
     """
 
     def __init__(self, skip_ch, gate_ch, inter_ch):
         super().__init__()
-        self.w_b = nn.Conv2d(skip_ch, inter_ch, 1, stride=2, bias=False)
+        self.w_b = nn.Conv2d(skip_ch, inter_ch, 2, stride=2, bias=False)
         self.w_t = nn.Conv2d(gate_ch, inter_ch, 1, bias=True)  # its bias is h_Xb of eq. (1)
         self.psi = PointwiseConv(inter_ch, 1)  # bias h_psi
 

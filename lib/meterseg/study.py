@@ -10,6 +10,7 @@ import pandas as pd
 
 from .config import PAPER_LOSS_WEIGHT, QUALITY_THRESHOLDS, REPO, make_config, results_dir, shown
 from .dataset import prepare_data, split_pairs
+from . import stats
 from .metrics import METRICS
 from .train import git_commit, run_name, train
 
@@ -56,10 +57,22 @@ def ensure_run(results, profile, seed, data="", progress=None, **fields):
     return train(cfg, run_dir(results, cfg), progress)
 
 
+LOSS_SCALE = {f"AttU + {W}(Dice+CE)": dict(), "AttU + 1.0(Dice+CE)": dict(loss_weight=1.0)}
+
+# The pairs the paper compares, (table or check, row a, row b): each gets seed-level statistics of b - a.
+COMPARISONS = [
+    ("table1", "AttU + Dice", f"AttU + {W}(Dice+CE)"), ("table1", "AttU + CE", f"AttU + {W}(Dice+CE)"),
+    ("table1", "AttU + Dice", "AttU + CE"),
+    ("table2", "gate 1", "gates 1+2"), ("table2", "gate 2", "gates 1+2"), ("table2", "gate 2", "gate 1"),
+    ("table3", "U-Net", "AttU"),
+    ("loss_scale", "AttU + 1.0(Dice+CE)", f"AttU + {W}(Dice+CE)"),
+]
+ROWS = {**{k: v for t in TABLES.values() for k, v in t.items()}, **LOSS_SCALE}
+
+
 def study_runs(profile, seeds):
     """(seed, fields) of every run notebooks 02-04 train, each once: Tables I-III and the loss-scale check."""
-    specs = [(s, f) for rows in TABLES.values() for f in rows.values() for s in seeds]
-    specs.append((seeds[0], dict(loss_weight=1.0)))
+    specs = [(s, f) for f in ROWS.values() for s in seeds]
     unique = {}
     for s, f in specs:
         unique.setdefault(run_name(make_config(profile, **{**PAPER_ATTU, **f}, seed=s)), (s, f))
@@ -105,7 +118,8 @@ def train_all(results, profile, seeds, data="", jobs=None):
 
 def ensure_table(results, table, profile, seeds, data=""):
     """Every run of a table for every seed; {row label: [summary per seed]}."""
-    return {label: [ensure_run(results, profile, s, data, **f) for s in seeds] for label, f in TABLES[table].items()}
+    rows = {**TABLES, "loss_scale": LOSS_SCALE}[table]
+    return {label: [ensure_run(results, profile, s, data, **f) for s in seeds] for label, f in rows.items()}
 
 
 def run_checkpoint(results, profile, seed, **fields):
@@ -121,11 +135,17 @@ def load_run(results, profile, seed, **fields):
 
 
 def seed_table(runs):
-    """Mean and SD (ddof=1) across seeds of each run's mean test metric, in %: one row per label."""
+    """Mean and SD (ddof=1) across seeds of each run's mean test metric, in %: one row per label.
+
+    `flattened` counts the seeds whose validation Dice had stopped moving (config.FLAT_TOLERANCE);
+    `lowest_dice` is the worst seed's test Dice.
+    """
     rows = []
     for label, summaries in runs.items():
         v = {m: np.array([s["test"][m] for s in summaries]) * 100 for m in METRICS}
-        row = {"model": label, "seeds": len(summaries)}
+        row = {"model": label, "seeds": len(summaries),
+               "flattened": f"{sum(bool(s.get('val_flattened')) for s in summaries)}/{len(summaries)}",
+               "lowest_dice": float(v["dice"].min())}
         for m in METRICS:
             row[m + "_mean"] = v[m].mean()
             row[m + "_sd"] = v[m].std(ddof=1) if len(v[m]) > 1 else float("nan")
@@ -135,12 +155,15 @@ def seed_table(runs):
 
 def markdown_table(df, paper=None, title=""):
     """The paper's column order, 'mean±sd' in %, with the paper's row beside ours."""
-    head = "| Model | seeds | Dice% | Jaccard% | Precision% | Recall% | Acc% |" + (" paper (Dice Jac Prec Rec Acc) |" if paper else "")
+    head = ("| Model | seeds | flattened | Dice% | Jaccard% | Precision% | Recall% | Acc% | lowest seed Dice% |"
+            + (" paper (Dice Jac Prec Rec Acc) |" if paper else ""))
     lines = [f"**{title}**", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in df.to_dict("records"):
         cells = [f"{r[m + '_mean']:.2f}±{r[m + '_sd']:.2f}" for m in METRICS]
         tail = f" {paper.get(r['model'], '')} |" if paper else ""
-        lines.append(f"| {r['model']} | {r['seeds']} | " + " | ".join(cells) + " |" + tail)
+        flag = "" if r["flattened"].split("/")[0] == r["flattened"].split("/")[1] else " (not all flat)"
+        lines.append(f"| {r['model']} | {r['seeds']} | {r['flattened']}{flag} | " + " | ".join(cells)
+                     + f" | {r['lowest_dice']:.2f} |" + tail)
     return "\n".join(lines) + "\n"
 
 
@@ -161,38 +184,50 @@ def runs_table(summaries):
                          for s in summaries])
 
 
-def largest_gaps(a, b, k=3):
-    """The k test images where the per-image Dice of b and a differ most (seed 0's runs), largest first."""
-    gap = (b.set_index("image")["dice"] - a.set_index("image")["dice"]).abs()
-    return list(gap.sort_values(ascending=False).index[:k])
+def row_metrics(results, profile, seeds, label):
+    """Per-seed test-metric frames of one table row."""
+    return [load_run(results, profile, s, **ROWS[label])[2] for s in seeds]
 
 
-def per_image_dice_diff(a, b):
-    """Per test image, Dice of b minus Dice of a, each averaged over seeds (lists of per-seed test metrics)."""
-    da = pd.concat([t.set_index("image")["dice"] for t in a], axis=1).mean(axis=1)
-    db = pd.concat([t.set_index("image")["dice"] for t in b], axis=1).mean(axis=1)
-    return (db - da.reindex(db.index)).rename("dice_diff")
+def comparisons(results, profile, seeds):
+    """Seed-level statistics (stats.compare) of every pair the paper compares, one row each, in points."""
+    return pd.DataFrame([{"table": t, **stats.compare(a, row_metrics(results, profile, seeds, a),
+                                                       b, row_metrics(results, profile, seeds, b))}
+                         for t, a, b in COMPARISONS])
 
 
-def paired_difference(a, b, n_boot=10_000, seed=0):
-    """Paired comparison of per-image Dice b - a (DataFrames of test metrics, one per seed, same images).
+def comparisons_markdown(df):
+    """The comparisons as a markdown table, in Dice points."""
+    lines = ["| table | b - a | seeds | diff of seed means | Welch 95% CI | Welch p | hier. bootstrap 95% CI | per seed "
+             "| these networks, per image (CI, p) | verdict (seeds) |", "|" + "---|" * 10]
+    for r in df.to_dict("records"):
+        lines.append(f"| {r['table']} | {r['b']} - {r['a']} | {r['seeds']} | {r['diff_of_seed_means']:+.2f} | "
+                     f"[{r['welch_ci95_lo']:+.2f}, {r['welch_ci95_hi']:+.2f}] | {r['welch_p']:.3f} | "
+                     f"[{r['hier_boot_ci95_lo']:+.2f}, {r['hier_boot_ci95_hi']:+.2f}] | {r['per_seed_diffs']} | "
+                     f"{r['networks_paired_diff']:+.2f} [{r['networks_ci95_lo']:+.2f}, {r['networks_ci95_hi']:+.2f}], "
+                     f"p {r['networks_sign_flip_p']:.4f} | {r['verdict_seeds']} |")
+    return "\n".join(lines) + "\n"
 
-    Per seed: the mean difference. Per image (averaged over seeds): the mean difference,
-    a percentile bootstrap 95% CI over images, and a two-sided sign-flip permutation p-value.
-    These compare the trained networks at hand, not the architectures.
-    """
-    per_seed = [float((tb.set_index("image")["dice"] - ta.set_index("image")["dice"]).mean()) for ta, tb in zip(a, b)]
-    d = per_image_dice_diff(a, b).to_numpy()
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
-    flips = rng.choice([-1.0, 1.0], (n_boot, len(d)))
-    null = np.abs((flips * d).mean(axis=1))
-    return {
-        "per_seed_mean_diff": per_seed, "n_images": len(d), "mean_diff": float(d.mean()),
-        "ci95": (float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))),
-        "p_sign_flip": float((1 + (null >= abs(d.mean())).sum()) / (n_boot + 1)),
-        "images_better": int((d > 0).sum()), "images_worse": int((d < 0).sum()),
-    }
+
+def histories(results, profile, seeds, labels=None):
+    """{row label: [history per seed]} for every row (or the labels given)."""
+    return {label: [load_run(results, profile, s, **ROWS[label])[1] for s in seeds] for label in (labels or ROWS)}
+
+
+def fig3_picks(results, profile, seeds, k=2):
+    """The rule Fig. 3 uses, fixed before looking: the k test photos where AttU beats U-Net most and
+    the k where U-Net beats AttU most, by per-image Dice averaged over seeds. [(stem, diff)]."""
+    d = stats.per_image_dice_diff(row_metrics(results, profile, seeds, "U-Net"), row_metrics(results, profile, seeds, "AttU"))
+    d = d.sort_values()
+    return [(s, float(d[s])) for s in list(d.index[::-1][:k]) + list(d.index[:k])]
+
+
+def runs_below(results, profile, seeds, dice=0.92):
+    """Every run of the study whose test Dice is below `dice`: (label, seed, test Dice, flattened)."""
+    return pd.DataFrame([{"row": label, "seed": s, "test_dice": sm["test"]["dice"], "flattened": sm.get("val_flattened")}
+                         for label, f in ROWS.items() for s in seeds
+                         for sm in [load_run(results, profile, s, **f)[0]] if sm["test"]["dice"] < dice],
+                        columns=["row", "seed", "test_dice", "flattened"])
 
 
 def record(results, name, profile, seconds, **extra):
@@ -246,19 +281,17 @@ def ship_model(results, profile, seeds):
     return out / "attunet.pt", best
 
 
-def loss_scale_comparison(results, profile, seed, data=""):
-    """The paper's 0.36(CE+Dice) against 1.0(CE+Dice), same seed: per-epoch validation Dice side by side."""
-    a = ensure_run(results, profile, seed, data)
-    b = ensure_run(results, profile, seed, data, loss_weight=1.0)
+def loss_scale_traces(results, profile, seed):
+    """The paper's 0.36(CE+Dice) against 1.0(CE+Dice) for one seed, epoch by epoch: losses and validation Dice."""
     ha, hb = load_run(results, profile, seed)[1], load_run(results, profile, seed, loss_weight=1.0)[1]
     df = pd.DataFrame({"epoch": ha["epoch"], f"loss_{W}": ha["train_loss"], "loss_1.0": hb["train_loss"],
                        f"val_dice_{W}": ha["val_dice"], "val_dice_1.0": hb["val_dice"]})
     df["loss_ratio"] = df[f"loss_{W}"] / df["loss_1.0"]
     df["val_dice_diff"] = df["val_dice_1.0"] - df[f"val_dice_{W}"]
-    return df, a["test"]["dice"], b["test"]["dice"]
+    return df
 
 
-def run_notebooks(names, profile, results="", data="", seeds=3, jobs=None):
+def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
     """Train every run (train_all), then execute notebooks/<name>.ipynb with papermill into
     <results>/notebooks/, recording wall times.
 

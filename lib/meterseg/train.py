@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, model_state, save_checkpoint
-from .config import PAPER_LOSS_WEIGHT, REPO, Config, make_config  # noqa: F401 (make_config: the usual way to get a Config)
+from .config import FLAT_TOLERANCE, PAPER_LOSS_WEIGHT, REPO, Config, make_config  # noqa: F401 (make_config: the usual way to get a Config)
 from .dataset import prepare_data
 from .losses import get_loss
 from .metrics import image_scores, summarize
@@ -40,6 +41,34 @@ def git_commit():
     except OSError:
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+SCHEDULES = ("step", "cosine")
+
+
+def lr_factor(cfg, n_batches):
+    """The learning-rate multiplier after `it` optimizer steps, for cfg.schedule.
+
+    step: the paper's StepLR, gamma every step_size epochs. cosine: linear warm-up over
+    cfg.warmup epochs, then half a cosine down to 0 at the last step.
+    """
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}: expected one of {SCHEDULES}")
+    total, warm = cfg.epochs * n_batches, cfg.warmup * n_batches
+
+    def factor(it):
+        if cfg.schedule == "step":
+            return cfg.gamma ** (it // n_batches // cfg.step_size)
+        if it < warm:
+            return (it + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, total - warm))))
+    return factor
+
+
+def flattened(history, tolerance=FLAT_TOLERANCE):
+    """Whether validation Dice had stopped moving: the last two epochs within tolerance."""
+    v = [h["val_dice"] for h in history]
+    return len(v) >= 2 and abs(v[-1] - v[-2]) <= tolerance
 
 
 @torch.no_grad()
@@ -114,7 +143,8 @@ def train(cfg, out_dir, progress=None):
     device = pick_device(cfg.device)
     model = build_model(cfg.model, cfg.base, cfg.gates).to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    n_batches = len(idx["train"]) // cfg.batch_size or 1  # drop the ragged last batch: BatchNorm needs > 1 sample
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, n_batches))  # stepped once per batch
     loss_fn = get_loss(cfg.loss, cfg.loss_weight)
     predictor = Predictor(model, cfg_dict, device)
     history, best, start = [], -1.0, 0
@@ -127,7 +157,6 @@ def train(cfg, out_dir, progress=None):
 
     from tqdm import tqdm
     train_ii = torch.tensor(idx["train"])
-    n_batches = len(train_ii) // cfg.batch_size or 1  # drop the ragged last batch: BatchNorm needs > 1 sample
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -149,10 +178,10 @@ def train(cfg, out_dir, progress=None):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (b + 1):.4f}")
-        lr = opt.param_groups[0]["lr"]
-        sched.step()
+        lr = opt.param_groups[0]["lr"]  # where the epoch ended
         dice = val_dice(predictor, ds, idx["val"])
         history.append({"epoch": epoch + 1, "train_loss": total / n_batches, "val_dice": dice, "lr": lr,
                         "seconds": time.perf_counter() - t0})
@@ -176,6 +205,8 @@ def train(cfg, out_dir, progress=None):
         "run": run_name(cfg), "profile": cfg.profile, "seed": cfg.seed, "data": data_id["dataset"], "data_fingerprint": data_id["fingerprint"],
         "n_train": len(idx["train"]), "n_val": len(idx["val"]), "n_test": len(idx["test"]),
         "skipped_photos": ds["errors"], "best_epoch": best_epoch["epoch"], "best_val_dice": best_epoch["val_dice"],
+        "val_flattened": flattened(history), "last_val_dice_change": history[-1]["val_dice"] - history[-2]["val_dice"]
+        if len(history) > 1 else None,
         "test": summarize(rows), "test_resolution": "each photo's original size",
         "train_seconds": sum(h["seconds"] for h in history), "eval_seconds": time.perf_counter() - t0,
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
