@@ -97,6 +97,8 @@ def train_all(results, profile, seeds, data="", jobs=None):
     import torch
     specs = study_runs(profile, seeds)
     jobs = jobs or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
+    existing = sum((run_dir(results, make_config(profile, **{**PAPER_ATTU, **f}, seed=s)) / "summary.json").exists()
+                   for s, f in specs)
     t0 = time.time()
     if jobs == 1:
         summaries = [ensure_run(results, profile, s, data, **f) for s, f in specs]
@@ -112,7 +114,9 @@ def train_all(results, profile, seeds, data="", jobs=None):
                 summaries[futures[fut]] = s = fut.result()
                 print(f"[study] {s['run']}: test dice {s['test']['dice']:.4f}, {s['train_seconds']:.0f} s training",
                       flush=True)
-    record(results, "train_all", profile, time.time() - t0, runs=len(specs), jobs=jobs)
+    # a rerun that only reuses finished runs keeps the record of the call that trained them
+    record(results, "train_all" if existing < len(specs) else "train_all_reused", profile, time.time() - t0,
+           runs=len(specs), trained=len(specs) - existing, jobs=jobs)
     return summaries
 
 
@@ -306,6 +310,8 @@ def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
     times["train_all"] = round(time.time() - t0, 1)
     inside = not shown(results).startswith("<")
     env = {"METERSEG_RESULTS": str(results)} if not inside else {}
+    if os.environ.get("METERSEG_DATA"):  # the kernels run in notebooks/: a relative folder must not move
+        env["METERSEG_DATA"] = str(Path(os.environ["METERSEG_DATA"]).resolve())
     if data and Path(data).is_absolute():
         env["METERSEG_DATA"], data = str(data), ""
     old = {k: os.environ.get(k) for k in env}
