@@ -17,7 +17,7 @@ from .fetch import LOCAL_COPY, fetch_upstream
 from .photos import PHOTO_EXT, DataError, load_photo, open_photo, truth_mask
 from .synthetic import make_synthetic
 
-CACHE_VERSION = "2"  # bump when decoding, rasterising or what the cache holds changes
+CACHE_VERSION = "3"  # bump when decoding, rasterising or what the cache holds changes
 
 
 def cache_root():
@@ -80,7 +80,7 @@ def load_dataset(root, size, cache_dir=None, progress=False):
     hashes the contents of every usable photo and label, wherever the folder lies: a run is
     reused only on data with the same fingerprint.
     """
-    root = Path(root)
+    root = Path(root).resolve()  # the paths it holds must not depend on the working directory
     pairs = find_pairs(root)
     cache_dir = Path(cache_dir or cache_root())
     cache = cache_dir / f"{root.name}-{size}-{_cache_key(root, pairs, size)}.pt"
@@ -159,7 +159,7 @@ def find_data(path=None):
         if cand:
             if not Path(cand).is_dir():
                 raise DataError(f"{cand}: data folder not found")
-            return Path(cand)
+            return Path(cand).resolve()
     if not (LOCAL_COPY / ".verified").exists():
         fetch_upstream(LOCAL_COPY)
     return LOCAL_COPY
