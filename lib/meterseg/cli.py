@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, study, fetch}."""
+"""Command line: meterseg {train, predict, evaluate, compress, read, study, fetch}."""
 import argparse
 import csv
 import dataclasses
@@ -129,7 +129,12 @@ def cmd_evaluate(a):
 def cmd_compress(a):
     from .compress import compress
     from .predictor import Predictor
-    rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.workers)
+    reader = None
+    if a.read:
+        from .reading import Reader
+        reader = Reader()
+    rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.workers,
+                    reader=reader)
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"].startswith("error")]
     bi, bo = sum(int(r["bytes_in"]) for r in ok), sum(int(r["bytes_out"]) for r in ok)
@@ -139,6 +144,40 @@ def cmd_compress(a):
     for r in errors:
         print(f"{r['source']}: {r['status']}", file=sys.stderr)
     return 1 if errors else 0
+
+
+READ_FIELDS = ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
+
+
+def cmd_read(a):
+    from .predictor import Predictor
+    from .reading import Reader, read_photo
+    out = Path(a.out)
+    if out.exists():
+        raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
+    predictor, reader = Predictor.load(a.checkpoint, a.device), Reader()
+    tmp = out.with_name(out.name + ".part")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(tmp, "w", newline="", encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{out}: cannot write ({e.strerror})") from None
+    failed = 0
+    with f:
+        w = csv.DictWriter(f, fieldnames=READ_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for photo in dict.fromkeys(a.photos):
+            try:
+                kw = {} if a.min_confidence is None else {"min_confidence": a.min_confidence}
+                row = {"image": photo, **read_photo(predictor, reader, photo, **kw)}
+                print(f"{photo}: {row['status']} {row['reading']} ({row['confidence']:.2f})")
+            except (DataError, OSError) as e:
+                failed += 1
+                row = {"image": photo, "status": f"error: {str(e).replace(chr(10), ' ')[:300]}"}
+                print(f"error: {e}", file=sys.stderr)
+            w.writerow(row)
+    tmp.replace(out)
+    return 1 if failed else 0
 
 
 def cmd_fetch(a):
@@ -185,9 +224,18 @@ def build_parser():
     c.add_argument("--quality", type=int, default=90)
     c.add_argument("--workers", type=int)
     c.add_argument("--device", default="auto")
+    c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
     c.add_argument("in_dir")
     c.add_argument("out_dir")
     c.set_defaults(func=cmd_compress)
+
+    rd = sub.add_parser("read", help="read each photo's meter: region -> 4 corners -> upright strip -> digits")
+    rd.add_argument("--checkpoint", required=True)
+    rd.add_argument("--out", required=True, help="CSV to write: " + ",".join(READ_FIELDS))
+    rd.add_argument("--device", default="auto")
+    rd.add_argument("--min-confidence", type=float, default=None, help="below it a reading is flagged unreadable")
+    rd.add_argument("photos", nargs="+")
+    rd.set_defaults(func=cmd_read)
 
     st = sub.add_parser("study", help="train every run, then execute the notebooks through papermill")
     st.add_argument("--profile", default="", choices=["", *CHOICES["profile"]],

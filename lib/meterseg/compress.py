@@ -33,7 +33,7 @@ from .photos import PHOTO_EXT, DataError, open_photo, to_rgb
 from .predictor import gap_box, grow_box
 
 MANIFEST_FIELDS = ["source", "status", "method", "bytes_in", "mtime_ns", "sha256", "bytes_out",
-                   "x0", "y0", "x1", "y1", "output", "confidence"]
+                   "x0", "y0", "x1", "y1", "output", "confidence", "reading", "reading_confidence", "reading_status"]
 FORMATS = ("lossless", "jpeg", "webp", "png")
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "webp": (".webp",), "png": (".png",)}  # first: the one appended
 LOCK_NAME = ".meterseg-compress.lock"
@@ -171,8 +171,11 @@ def _unchanged(row, src):
 
 
 def compress(predictor, in_dir, out_dir, margin=CROP_MARGIN, fmt="lossless", quality=90, workers=None,
-             progress=True, batch=8):
+             progress=True, batch=8, reader=None):
     """Crop every photo under in_dir into out_dir and write out_dir/manifest.csv; returns its rows.
+
+    reader (a reading.Reader): also read each meter into reading, reading_confidence and
+    reading_status (the crop stays the lossless box crop); rows done without a reading are redone.
 
     Worker threads read and decode the next batch and crop the last one while the model runs on
     this one (a batch of 8 costs the model half as much per photo as one at a time).
@@ -189,15 +192,31 @@ def compress(predictor, in_dir, out_dir, margin=CROP_MARGIN, fmt="lossless", qua
     except OSError as e:
         raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     with output_lock(out_dir), ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        return _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch)
+        return _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader)
 
 
-def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch):
+def read_fields(reader, data, name, gap, orig, lock):
+    """The manifest's reading columns of one photo (the tool's way: quad, upright strip, digits)."""
+    from .predictor import logit_gap_to_mask
+    from .reading import fit_quad, plausible, rectify, MIN_CONFIDENCE
+    import numpy as np
+    quad = fit_quad(logit_gap_to_mask(gap, orig)[0])
+    if quad is None:
+        return {"reading": "", "reading_confidence": 0.0, "reading_status": "no_region"}
+    strip = rectify(np.asarray(to_rgb(open_photo(name, data), name)), quad)
+    with lock:  # one recogniser shared by the worker threads
+        reading, conf = reader.read(strip)
+    return {"reading": reading, "reading_confidence": round(conf, 4),
+            "reading_status": plausible(reading, conf, MIN_CONFIDENCE)}
+
+
+def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader):
     manifest = out_dir / "manifest.csv"
     photos = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in PHOTO_EXT and p.is_file())
     by_rel = {p.relative_to(in_dir).as_posix(): p for p in photos}
     old = [r for r in read_manifest(manifest)
-           if r["status"] in ("ok", "no_region") and (out_dir / r["output"]).is_file()]
+           if r["status"] in ("ok", "no_region") and (out_dir / r["output"]).is_file()
+           and (reader is None or r.get("reading_status"))]
     fresh = list(pool.map(lambda r: r["source"] not in by_rel or _unchanged(r, by_rel[r["source"]]), old))
     done = [r for r, ok in zip(old, fresh) if ok]
     claims = {r["output"]: r["source"] for r in done}
@@ -210,7 +229,7 @@ def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, 
     skip = {r["source"] for r in done}
     todo = [(rel, p) for rel, p in by_rel.items() if rel not in skip]
     batches = [todo[i:i + batch] for i in range(0, len(todo), batch)]
-    claims_lock = threading.Lock()
+    claims_lock, reader_lock = threading.Lock(), threading.Lock()
     mode = new_file_mode()
 
     def load(item):
@@ -243,6 +262,8 @@ def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, 
                     claims.pop(out_rel, None)
                 raise DataError(f"{out_dir / out_rel}: cannot write the crop of {rel} ({e.strerror or e})") from None
             row |= fields | {"bytes_out": len(out), "output": out_rel}
+            if reader is not None:
+                row |= read_fields(reader, data, src, gap, orig, reader_lock)
         except (DataError, OSError, ValueError) as e:
             msg = str(e).replace("\n", " ").replace("\r", " ")
             row["status"] = f"error: {msg if rel in msg or str(src) in msg else f'{rel}: {msg}'}"[:400]

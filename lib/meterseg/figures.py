@@ -242,3 +242,30 @@ def examples(card, pairs):
         overlay(ax, load_photo(photo)[0], truth_mask(photo, label), title=f"{r['stem']}: region {100 * r['mask_share']:.1f}%")
     fig.tight_layout()
     return fig
+
+
+def reading_examples(study, photos, labels, predictor, n=6):
+    """The tool's wrong readings: its rectified strip over the labelled quad's strip, with both readings."""
+    from .photos import read_label
+    from .predictor import logit_gap_to_mask
+    from .reading import fit_quad, rectify
+    from .reading_eval import WAYS
+    wrong = study[(study["way"] == WAYS[3]) & ~study["exact"]].head(n)
+    if len(wrong) == 0:
+        return None
+    by_stem = {Path(p).stem: (p, l) for p, l in zip(photos, labels)}
+    fig, axes = plt.subplots(len(wrong), 2, figsize=(8, 1.1 * len(wrong) + 0.4), squeeze=False)
+    for row, r in zip(axes, wrong.to_dict("records")):
+        photo, label = by_stem[r["image"]]
+        image, orig = load_photo(photo)
+        image = np.asarray(image)
+        quad = fit_quad(predictor.mask(photo)[0])
+        truth_row = study[(study["image"] == r["image"]) & (study["way"] == WAYS[2])].iloc[0]
+        for ax, q, title in ((row[0], quad, f"{r['image']} tool: '{r['reading']}' (label {r['candidates']})"),
+                             (row[1], np.array(read_label(label, orig)), f"labelled quad: '{truth_row['reading']}'")):
+            ax.axis("off")
+            ax.set_title(title, fontsize=7)
+            if q is not None:
+                ax.imshow(rectify(image, q))
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,123 @@
+"""Reading the meter: the counter window's 4 corners from the predicted region, the window
+rectified to an upright strip, and its digits recognised by an offline recogniser (rapidocr's
+PP-OCR recognition model, shipped inside its wheel; nothing is downloaded at run time)."""
+import re
+import time
+
+import numpy as np
+
+STRIP_HEIGHT = 48  # pixels of the rectified window; the recogniser resizes to its own 48 anyway
+DIGITS = 5  # a water-meter counter shows 5 wheels
+MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
+
+
+def order_corners(pts):
+    """4 points as (top-left, top-right, bottom-right, bottom-left): clockwise in image coordinates."""
+    pts = np.asarray(pts, dtype=np.float64)
+    c = pts.mean(axis=0)
+    pts = pts[np.argsort(np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0]))]  # clockwise when y points down
+    start = np.argmin(pts.sum(axis=1))  # the top-left corner has the smallest x + y
+    return np.roll(pts, -start, axis=0)
+
+
+def fit_quad(mask):
+    """The 4 corners of the region of a bool (H, W) mask, ordered as order_corners, or None if empty.
+
+    The largest connected part's outline is simplified to 4 vertices (Douglas-Peucker with a
+    growing tolerance); where it will not reduce to 4, its minimum-area rectangle is used.
+    """
+    import cv2
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+    perimeter = cv2.arcLength(hull, True)
+    for eps in (0.01, 0.02, 0.03, 0.05, 0.08):
+        approx = cv2.approxPolyDP(hull, eps * perimeter, True)
+        if len(approx) == 4:
+            return order_corners(approx[:, 0, :] + 0.5)  # pixel centres
+        if len(approx) < 4:
+            break
+    return order_corners(cv2.boxPoints(cv2.minAreaRect(hull)) + 0.5)
+
+
+def corner_error(pred, truth):
+    """Mean distance in pixels between corresponding corners (both ordered as order_corners)."""
+    return float(np.linalg.norm(order_corners(pred) - order_corners(truth), axis=1).mean())
+
+
+def rectify(image, quad, height=STRIP_HEIGHT):
+    """Warp the quad of an RGB uint8 (H, W, 3) image to an upright strip of the given height."""
+    import cv2
+    q = order_corners(quad).astype(np.float32)
+    w = max(np.linalg.norm(q[1] - q[0]), np.linalg.norm(q[2] - q[3]))
+    h = max(np.linalg.norm(q[3] - q[0]), np.linalg.norm(q[2] - q[1]), 1.0)
+    width = max(1, int(round(height * w / h)))
+    dst = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float32)
+    return cv2.warpPerspective(np.ascontiguousarray(image), cv2.getPerspectiveTransform(q, dst), (width, height),
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def label_readings(path):
+    """The candidate readings of an upstream label file (every run of digits after the 8 corners)."""
+    from pathlib import Path
+    fields = Path(path).read_text(encoding="utf-8").split()[8:]
+    return [d for f in fields for d in re.findall(r"\d+", f)]  # "00470.00479": a typo for two candidates
+
+
+def digit_accuracy(reading, candidates, digits=DIGITS):
+    """Share of the `digits` wheel positions read right, against the best-matching candidate."""
+    if not candidates:
+        return float("nan")
+    r = (reading or "").ljust(digits, "?")[:digits]
+    return max(sum(a == b for a, b in zip(r, c.ljust(digits, "!")[:digits])) for c in candidates) / digits
+
+
+class Reader:
+    """An offline digit recogniser: recognition only (no text detection), one thread by default."""
+
+    def __init__(self, threads=1):
+        from rapidocr import RapidOCR
+        # Recognition-only is set when the engine is built: a per-call use_det=False was seen to
+        # stick to later calls of a shared engine.
+        self.engine = RapidOCR(params={"Global.use_det": False, "Global.use_cls": False, "Global.use_rec": True,
+                                       "Global.log_level": "error",
+                                       "EngineConfig.onnxruntime.intra_op_num_threads": threads,
+                                       "EngineConfig.onnxruntime.inter_op_num_threads": 1})
+
+    def read(self, image):
+        """(digits only, confidence) of an RGB uint8 image holding one line of text."""
+        out = self.engine(np.ascontiguousarray(image[..., ::-1]))  # rapidocr takes OpenCV's BGR order
+        text = "".join(out.txts or ())
+        scores = [float(s) for s in (out.scores or ())]
+        return re.sub(r"\D", "", text), (float(np.mean(scores)) if scores else 0.0)
+
+
+def plausible(reading, confidence, min_confidence):
+    """'ok', or why a reading is flagged 'unreadable': not DIGITS digits, or low confidence."""
+    if len(reading) != DIGITS:
+        return f"unreadable: {len(reading)} digits"
+    if confidence < min_confidence:
+        return f"unreadable: confidence {confidence:.2f} < {min_confidence}"
+    return "ok"
+
+
+def read_photo(predictor, reader, path, data=None, min_confidence=MIN_CONFIDENCE):
+    """The whole tool on one photo: region, quad, strip, digits. A dict with status, reading,
+    confidence, corners x0..y3 (photo pixels) and seconds. Raises DataError on a bad photo."""
+    from .photos import open_photo, to_rgb
+    from .predictor import logit_gap_to_mask
+    t0 = time.perf_counter()
+    x, orig = predictor.inputs(path, data)
+    mask, _ = logit_gap_to_mask(predictor.logit_gaps(x)[0], orig)
+    quad = fit_quad(mask)
+    row = {"status": "no_region", "reading": "", "confidence": 0.0, **{f"{a}{i}": "" for i in range(4) for a in "xy"}}
+    if quad is not None:
+        image = np.asarray(to_rgb(open_photo(path, data), path))
+        reading, conf = reader.read(rectify(image, quad))
+        row.update(status=plausible(reading, conf, min_confidence), reading=reading, confidence=round(conf, 4),
+                   **{f"{a}{i}": round(float(quad[i][j]), 1) for i in range(4) for j, a in enumerate("xy")})
+    row["seconds"] = time.perf_counter() - t0
+    return row
+

@@ -1,0 +1,102 @@
+"""Reading the meter: corners, rectification and the recogniser, checked by hand and on the sample."""
+import csv
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from conftest import SAMPLE, meterseg, tree_hashes
+from meterseg import reading
+from meterseg.compress import compress, read_manifest
+from meterseg.photos import polygon_mask, read_label
+from meterseg.predictor import Predictor
+
+
+def test_order_corners_clockwise_from_top_left():
+    square = [(10, 0), (10, 10), (0, 0), (0, 10)]
+    np.testing.assert_array_equal(reading.order_corners(square), [(0, 0), (10, 0), (10, 10), (0, 10)])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(-0.3, 0.3), st.integers(60, 300), st.integers(20, 80), st.floats(0, 1), st.floats(0, 1))
+def test_fit_quad_recovers_a_rasterised_quad(angle, w, h, fx, fy):
+    """A rotated rectangle, drawn as predict would give it, comes back within ~1.5 px a corner."""
+    W, H = 640, 480
+    c = np.array([120 + fx * 400, 100 + fy * 280])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    quad = [tuple(c + rot @ np.array([sx * w / 2, sy * h / 2])) for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
+    fitted = reading.fit_quad(polygon_mask(quad, (W, H)))
+    assert reading.corner_error(fitted, quad) < 1.5
+
+
+def test_fit_quad_of_nothing_is_none():
+    assert reading.fit_quad(np.zeros((20, 30), bool)) is None
+
+
+def test_rectify_maps_the_quad_onto_an_upright_strip():
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[50:90, 40:240] = 255  # an axis-aligned white window
+    img[50:90, 40:60, 0] = 0  # its left end cyan: the strip must not come out mirrored
+    strip = reading.rectify(img, [(240, 50), (40, 50), (40, 90), (240, 90)])  # corners in any order
+    assert strip.shape == (reading.STRIP_HEIGHT, round(48 * 200 / 40), 3)
+    assert strip[:, :40, 0].mean() < 60 and strip[:, -40:, 0].mean() > 200
+
+
+def test_label_readings_and_digit_accuracy_by_hand(tmp_path):
+    lab = tmp_path / "l.txt"
+    lab.write_text("1 1 9 1 9 9 1 9 00470.00479 00480\n")
+    assert reading.label_readings(lab) == ["00470", "00479", "00480"]
+    assert reading.digit_accuracy("00471", ["00470", "00479"]) == pytest.approx(4 / 5)
+    assert reading.digit_accuracy("0047", ["00470"]) == pytest.approx(4 / 5)
+    assert reading.digit_accuracy("", ["00470"]) == 0.0
+    assert reading.plausible("1234", 0.99, 0.5).startswith("unreadable: 4 digits")
+    assert reading.plausible("12345", 0.3, 0.5).startswith("unreadable: confidence")
+    assert reading.plausible("12345", 0.9, 0.5) == "ok"
+
+
+@pytest.fixture(scope="module")
+def reader():
+    return reading.Reader()
+
+
+def test_the_rectified_labelled_quads_of_the_sample_read_right(reader):
+    """Rectify + recogniser end to end on real photos (a mirrored or rotated strip reads nothing)."""
+    right = 0
+    for photo in sorted((SAMPLE / "train_imgs").glob("*.jpg")):
+        label = SAMPLE / "train_labels" / "labels" / f"{photo.stem}.txt"
+        image = np.asarray(Image.open(photo).convert("RGB"))
+        got, conf = reader.read(reading.rectify(image, read_label(label, (image.shape[1], image.shape[0]))))
+        right += got in reading.label_readings(label)
+    assert right >= 3  # of 4
+
+
+def test_read_command_goes_on_past_bad_photos_and_never_overwrites(tmp_path, smoke_run):
+    good = sorted((SAMPLE / "train_imgs").glob("*.jpg"))[:2]
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not a photo")
+    before = tree_hashes(SAMPLE)
+    out = tmp_path / "r" / "readings.csv"
+    r = meterseg("read", "--checkpoint", smoke_run[0] / "best.pt", "--out", out, tmp_path / "zero.jpg", *good,
+                 tmp_path / "text.jpg")
+    assert r.returncode == 1 and "zero.jpg" in r.stderr and "text.jpg" in r.stderr
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
+    assert [r["status"].split(":")[0] for r in rows][0] == "error" and rows[-1]["status"].startswith("error: ")
+    assert all(r["status"] in ("ok", "no_region") or r["status"].startswith("unreadable") for r in rows[1:3])
+    assert tree_hashes(SAMPLE) == before
+    again = meterseg("read", "--checkpoint", smoke_run[0] / "best.pt", "--out", out, *good)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_compress_read_adds_the_reading_columns(tmp_path, smoke_run, reader):
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((SAMPLE / "train_imgs").glob("*.jpg"))[:2]:
+        (src / p.name).write_bytes(p.read_bytes())
+    rows = compress(Predictor.load(smoke_run[0] / "best.pt", "cpu"), src, tmp_path / "out", progress=False, reader=reader)
+    for r in read_manifest(tmp_path / "out" / "manifest.csv"):
+        assert r["reading_status"] in ("ok", "no_region") or r["reading_status"].startswith("unreadable")
+        assert r["reading"] == "" or r["reading"].isdigit()
+    assert len(rows) == 2
