@@ -50,3 +50,16 @@ def test_executed_notebooks_carry_no_absolute_path(tmp_path, monkeypatch, synthe
     for leak in (str(REPO), str(tmp_path), os.environ["METERSEG_CACHE"], "/tmp/", "/work/", "/home/"):
         assert leak not in text, leak
     assert "synthetic" in text and "<outside the repo>" in text
+
+
+def test_a_relative_data_folder_reaches_the_notebooks(tmp_path, monkeypatch, synthetic):
+    """METERSEG_DATA=../x as the README shows it: the kernels run in notebooks/, the folder must not move."""
+    import shutil
+    data = tmp_path / "work" / "photos"
+    shutil.copytree(synthetic, data)
+    (tmp_path / "work" / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "work" / "here")
+    monkeypatch.setenv("METERSEG_DATA", "../photos")
+    from meterseg.dataset import find_data, load_dataset
+    ds = load_dataset(find_data(), 16)
+    assert all(os.path.isabs(p) for p in ds["photos"])  # the cache holds paths that work from any folder

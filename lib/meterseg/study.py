@@ -333,6 +333,8 @@ def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     total = time.time() - t0
-    record(results, "study", profile, total, notebook_seconds=times)
+    every = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
+    record(results, "study" if sorted(names) == every else "study: " + ", ".join(names), profile, total,
+           notebook_seconds=times)
     print(f"[study] total {total / 60:.1f} min; executed notebooks in {shown(results / 'notebooks')}")
     return times
