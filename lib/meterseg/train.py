@@ -31,13 +31,13 @@ def run_name(cfg):
 
 
 def git_commit():
-    """HEAD's commit, with -dirty when tracked files differ from it; "unknown" outside a checkout."""
+    """HEAD's commit, with -dirty when tracked files outside results/ differ from it; "unknown" outside a checkout."""
     def git(*args):
         r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else None
     try:
         sha = git("rev-parse", "--verify", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")  # what a study writes
     except OSError:
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
