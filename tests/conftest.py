@@ -37,7 +37,8 @@ def tiny_config(**kw):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """One smoke-profile run (synthetic photos), trained once for the whole session."""
-    from meterseg.train import make_config, train
+    from meterseg.config import make_config
+    from meterseg.train import train
     out = tmp_path_factory.mktemp("runs") / "smoke"
     summary = train(make_config("smoke"), out)
     return out, summary

@@ -11,7 +11,8 @@ import torch
 
 from conftest import tiny_config
 from meterseg.checkpoint import CheckpointError, load_model
-from meterseg.train import make_config, train
+from meterseg.config import make_config
+from meterseg.train import train
 
 
 def test_smoke_run_writes_a_complete_run(smoke_run):

@@ -40,7 +40,8 @@ def add_config_flags(parser):
 
 
 def cmd_train(a):
-    from .train import make_config, train
+    from .config import make_config
+    from .train import train
     cfg = make_config(a.profile, **{f.name: getattr(a, f.name) for f in dataclasses.fields(Config) if f.name != "profile"})
     s = train(cfg, a.out)
     t = s["test"]

@@ -247,7 +247,6 @@ def examples(card, pairs):
 def reading_examples(study, photos, labels, predictor, n=6):
     """The tool's wrong readings: its rectified strip over the labelled quad's strip, with both readings."""
     from .photos import read_label
-    from .predictor import logit_gap_to_mask
     from .reading import fit_quad, rectify
     from .reading_eval import WAYS
     wrong = study[(study["way"] == WAYS[3]) & ~study["exact"]].head(n)

@@ -1,4 +1,4 @@
-"""Training runs: profiles, one run directory per run, resume after a kill, reuse when finished."""
+"""One training run: its directory, the schedule, resume after a kill, reuse when config and data match."""
 import csv
 import dataclasses
 import json
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, model_state, save_checkpoint
-from .config import FLAT_TOLERANCE, PAPER_LOSS_WEIGHT, REPO, Config, make_config  # noqa: F401 (make_config: the usual way to get a Config)
+from .config import FLAT_TOLERANCE, PAPER_LOSS_WEIGHT, REPO
 from .dataset import prepare_data
 from .losses import get_loss
 from .metrics import image_scores, summarize
