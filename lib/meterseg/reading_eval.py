@@ -79,8 +79,9 @@ def gap_sources(study):
             "tool_right_ceiling_wrong": int((~wide[WAYS[2]] & wide[WAYS[3]]).sum())}
 
 
-def verdict(acc):
-    """The paper's claim ("the crop improves machine reading") against the accuracy table, in words."""
+def verdict(acc, own=None):
+    """The paper's claim ("the crop improves machine reading") against the accuracy table, in words;
+    own: our reader's accuracy table, if trained."""
     e = acc["exact_pct"]
     whole, box, ceiling, tool, stored = (e[w] for w in WAYS)
     return (f"Exact readings on {int(acc['photos'].iloc[0])} test photos: whole photo {whole:.1f} %, box crop {box:.1f} %, "
@@ -88,4 +89,23 @@ def verdict(acc):
             f"stored crop {stored:.1f} %.\n"
             f"The crop helps a recogniser only when it is tight and straightened: the box crop adds {box - whole:+.1f} "
             f"points over the whole photo, the rectified predicted quad {tool - whole:+.1f}. The tool is "
-            f"{ceiling - tool:.1f} points below the ceiling; storing the crop losslessly costs {tool - stored:+.1f} points.")
+            f"{ceiling - tool:.1f} points below the ceiling; storing the crop losslessly costs {tool - stored:+.1f} points."
+            + ("" if own is None else f"\nOur own CRNN: rectified labelled quad {own['exact_pct'][WAYS[2]]:.1f} %, "
+               f"rectified predicted quad {own['exact_pct'][WAYS[3]]:.1f} %, stored crop {own['exact_pct'][WAYS[4]]:.1f} %."))
+
+
+def train_own_reader(cfg, epochs=40, seed=0):
+    """Our CRNN trained on the train split's rectified labelled quads, its epoch picked on the validation
+    split's: (ownreader.OwnReader, history DataFrame of epoch, loss, validation exact accuracy)."""
+    from .dataset import split_pairs
+    from .ownreader import OwnReader, labelled_strips, train_reader
+    x, ys = labelled_strips(*split_pairs(cfg, "train"))
+    xv, yv = labelled_strips(*split_pairs(cfg, "val"))
+    model, history = train_reader(x, ys, xv, yv, epochs=epochs, seed=seed)
+    return OwnReader(model), pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
+
+
+def compare_readers(off_the_shelf, own):
+    """Exact-reading % of each way for both readers, side by side."""
+    return pd.DataFrame({"rapidocr exact %": off_the_shelf["exact_pct"], "own CRNN exact %": own["exact_pct"],
+                         "rapidocr digit %": off_the_shelf["digit_pct"], "own CRNN digit %": own["digit_pct"]})
