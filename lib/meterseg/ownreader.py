@@ -38,16 +38,27 @@ def to_strip(image):
     return (torch.from_numpy(np.asarray(grey, dtype=np.float32)) / 255 - 0.5)[None] / 0.25
 
 
-def labelled_strips(photos, labels):
-    """(strips (N,1,H,W), readings) of photos with exactly one candidate reading, from their labelled quads."""
+def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
+    """(strips (N,1,H,W), readings) of photos with exactly one candidate reading.
+
+    quads: the corners to rectify (default: the labelled ones). jitter, copies: also add `copies`
+    strips per photo from corners moved by Gaussian noise of `jitter` pixels, so the reader
+    learns the imprecise corners a predicted region gives.
+    """
+    rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for photo, label in zip(photos, labels):
+    for k, (photo, label) in enumerate(zip(photos, labels)):
         cands = label_readings(label)
         if len(cands) != 1:
             continue  # a half-turned wheel: the target is ambiguous
         image = np.asarray(to_rgb(open_photo(photo), photo))
-        xs.append(to_strip(rectify(image, read_label(label, (image.shape[1], image.shape[0])))))
-        ys.append(cands[0])
+        quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
+        if quads is not None and quads[k] is None:
+            continue
+        for c in range(1 + copies):
+            q = quad + (rng.normal(0, jitter, quad.shape) if c else 0)
+            xs.append(to_strip(rectify(image, q)))
+            ys.append(cands[0])
     return torch.stack(xs), ys
 
 

@@ -94,13 +94,15 @@ def verdict(acc, own=None):
                f"rectified predicted quad {own['exact_pct'][WAYS[3]]:.1f} %, stored crop {own['exact_pct'][WAYS[4]]:.1f} %."))
 
 
-def train_own_reader(cfg, epochs=40, seed=0):
-    """Our CRNN trained on the train split's rectified labelled quads, its epoch picked on the validation
-    split's: (ownreader.OwnReader, history DataFrame of epoch, loss, validation exact accuracy)."""
+def train_own_reader(cfg, predictor, epochs=20, jitter=8.0, copies=3, seed=0):
+    """Our CRNN trained on the train split's rectified labelled quads (each also with `copies` copies
+    whose corners are jittered by `jitter` px, like predicted corners), its epoch picked on the
+    validation split as the tool sees it (predicted quads): (OwnReader, history DataFrame)."""
     from .dataset import split_pairs
     from .ownreader import OwnReader, labelled_strips, train_reader
-    x, ys = labelled_strips(*split_pairs(cfg, "train"))
-    xv, yv = labelled_strips(*split_pairs(cfg, "val"))
+    x, ys = labelled_strips(*split_pairs(cfg, "train"), jitter=jitter, copies=copies, seed=seed)
+    vp, vl = split_pairs(cfg, "val")
+    xv, yv = labelled_strips(vp, vl, quads=[fit_quad(predictor.mask(p)[0]) for p in vp])
     model, history = train_reader(x, ys, xv, yv, epochs=epochs, seed=seed)
     return OwnReader(model), pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
 
