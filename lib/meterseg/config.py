@@ -69,7 +69,7 @@ def results_dir(profile="", results=""):
     """(profile, results folder): the one rule for where a study writes.
 
     An explicit folder wins, then $METERSEG_RESULTS; otherwise the default profile writes the
-    committed results/ and any other profile results/<profile>/ (ignored by git), so a smoke run
+    committed results/ and any other profile results/<profile>/ (smoke: ignored by git), so a smoke run
     opened in JupyterLab never overwrites the committed tables or model. A relative folder is
     taken relative to the repository, wherever the caller's working directory is.
     """
