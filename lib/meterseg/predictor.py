@@ -138,9 +138,3 @@ class Predictor:
         """(bool mask at the photo's own size, confidence) of one photo file."""
         x, orig = self.inputs(path)
         return logit_gap_to_mask(self.logit_gaps(x)[0], orig)
-
-    def box(self, path, margin=0.0):
-        """(region box grown by margin, or None; confidence; original size) of one photo file."""
-        x, orig = self.inputs(path)
-        box, conf = gap_box(self.logit_gaps(x)[0], orig)
-        return (grow_box(box, margin, orig) if box else None), conf, orig
