@@ -195,17 +195,16 @@ def compress(predictor, in_dir, out_dir, margin=CROP_MARGIN, fmt="lossless", qua
         return _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader)
 
 
-def read_fields(reader, data, name, gap, orig, lock):
+def read_fields(predictor, reader, data, name, gap, orig, lock):
     """The manifest's reading columns of one photo (the tool's way: quad, upright strip, digits)."""
-    from .predictor import logit_gap_to_mask
-    from .reading import fit_quad, plausible, rectify, MIN_CONFIDENCE
     import numpy as np
-    quad = fit_quad(logit_gap_to_mask(gap, orig)[0])
-    if quad is None:
-        return {"reading": "", "reading_confidence": 0.0, "reading_status": "no_region"}
-    strip = rectify(np.asarray(to_rgb(open_photo(name, data), name)), quad)
-    with lock:  # one recogniser shared by the worker threads
-        reading, conf = reader.read(strip)
+    from .reading import MIN_CONFIDENCE, plausible, predict_quad, rectify
+    image = to_rgb(open_photo(name, data), name)
+    with lock:  # one recogniser (and the model's second pass) shared by the worker threads
+        quad = predict_quad(predictor, image, gap, orig)
+        if quad is None:
+            return {"reading": "", "reading_confidence": 0.0, "reading_status": "no_region"}
+        reading, conf = reader.read(rectify(np.asarray(image), quad))
     return {"reading": reading, "reading_confidence": round(conf, 4),
             "reading_status": plausible(reading, conf, MIN_CONFIDENCE)}
 
@@ -263,7 +262,7 @@ def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, 
                 raise DataError(f"{out_dir / out_rel}: cannot write the crop of {rel} ({e.strerror or e})") from None
             row |= fields | {"bytes_out": len(out), "output": out_rel}
             if reader is not None:
-                row |= read_fields(reader, data, src, gap, orig, reader_lock)
+                row |= read_fields(predictor, reader, data, src, gap, orig, reader_lock)
         except (DataError, OSError, ValueError) as e:
             msg = str(e).replace("\n", " ").replace("\r", " ")
             row["status"] = f"error: {msg if rel in msg or str(src) in msg else f'{rel}: {msg}'}"[:400]

@@ -9,6 +9,7 @@ import numpy as np
 STRIP_HEIGHT = 48  # pixels of the rectified window; the recogniser resizes to its own 48 anyway
 DIGITS = 5  # a water-meter counter shows 5 wheels
 MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
+REFINE_MARGIN = 1.0  # second pass on the region's box grown by this; chosen on validation (README, Protocol)
 
 
 def order_corners(pts):
@@ -40,6 +41,28 @@ def fit_quad(mask):
         if len(approx) < 4:
             break
     return order_corners(cv2.boxPoints(cv2.minAreaRect(hull)) + 0.5)
+
+
+def predict_quad(predictor, image, gap, orig):
+    """The window's corners from a photo (PIL RGB) and its first-pass logit gap.
+
+    The first pass (the whole photo at the model's 128 px, ~7 photo px a model pixel) finds the
+    region; a second pass of the same model on the region's box grown by REFINE_MARGIN sees it on
+    a finer grid, and the corners are fitted there. Falls back to the first pass's corners.
+    """
+    import torch
+    from PIL import Image
+    from .predictor import gap_box, grow_box, logit_gap_to_mask
+    first = fit_quad(logit_gap_to_mask(gap, orig)[0])
+    box, _ = gap_box(gap, orig)
+    if first is None or box is None:
+        return first
+    x0, y0, x1, y1 = grow_box(box, REFINE_MARGIN, orig)
+    crop = image.crop((x0, y0, x1, y1))
+    small = np.asarray(crop.resize((predictor.size, predictor.size), Image.Resampling.BILINEAR))
+    second = fit_quad(logit_gap_to_mask(predictor.logit_gaps(torch.from_numpy(small.transpose(2, 0, 1).copy())[None])[0],
+                                        crop.size)[0])
+    return first if second is None else second + np.array([x0, y0])
 
 
 def corner_error(pred, truth):
@@ -107,15 +130,13 @@ def read_photo(predictor, reader, path, data=None, min_confidence=MIN_CONFIDENCE
     """The whole tool on one photo: region, quad, strip, digits. A dict with status, reading,
     confidence, corners x0..y3 (photo pixels) and seconds. Raises DataError on a bad photo."""
     from .photos import open_photo, to_rgb
-    from .predictor import logit_gap_to_mask
     t0 = time.perf_counter()
     x, orig = predictor.inputs(path, data)
-    mask, _ = logit_gap_to_mask(predictor.logit_gaps(x)[0], orig)
-    quad = fit_quad(mask)
+    image = to_rgb(open_photo(path, data), path)
+    quad = predict_quad(predictor, image, predictor.logit_gaps(x)[0], orig)
     row = {"status": "no_region", "reading": "", "confidence": 0.0, **{f"{a}{i}": "" for i in range(4) for a in "xy"}}
     if quad is not None:
-        image = np.asarray(to_rgb(open_photo(path, data), path))
-        reading, conf = reader.read(rectify(image, quad))
+        reading, conf = reader.read(rectify(np.asarray(image), quad))
         row.update(status=plausible(reading, conf, min_confidence), reading=reading, confidence=round(conf, 4),
                    **{f"{a}{i}": round(float(quad[i][j]), 1) for i in range(4) for j, a in enumerate("xy")})
     row["seconds"] = time.perf_counter() - t0
