@@ -49,12 +49,10 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
     xs, ys = [], []
     for k, (photo, label) in enumerate(zip(photos, labels)):
         cands = label_readings(label)
-        if len(cands) != 1:
-            continue  # a half-turned wheel: the target is ambiguous
+        if len(cands) != 1 or (quads is not None and quads[k] is None):
+            continue  # a half-turned wheel (the target is ambiguous), or no region found
         image = np.asarray(to_rgb(open_photo(photo), photo))
         quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
-        if quads is not None and quads[k] is None:
-            continue
         for c in range(1 + copies):
             q = quad + (rng.normal(0, jitter, quad.shape) if c else 0)
             xs.append(to_strip(rectify(image, q)))
