@@ -29,10 +29,15 @@ def to_input(images_uint8, device):
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def image_batch(im):
+    """A PIL RGB image as a uint8 (1,3,H,W) tensor, the models' input before to_input."""
+    return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None]
+
+
 def photo_input(path, size, data=None):
     """One photo (its path, or its bytes named by path) as uint8 (1,3,size,size) input, and its original (W, H)."""
     im, orig = load_photo(path, size, data)
-    return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None], orig
+    return image_batch(im), orig
 
 
 def logit_gap_to_mask(gap, size):

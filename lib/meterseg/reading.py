@@ -50,19 +50,25 @@ def predict_quad(predictor, image, gap, orig):
     region; a second pass of the same model on the region's box grown by REFINE_MARGIN sees it on
     a finer grid, and the corners are fitted there. Falls back to the first pass's corners.
     """
-    import torch
     from PIL import Image
-    from .predictor import gap_box, grow_box, logit_gap_to_mask
+    from .predictor import gap_box, grow_box, image_batch, logit_gap_to_mask
     first = fit_quad(logit_gap_to_mask(gap, orig)[0])
     box, _ = gap_box(gap, orig)
     if first is None or box is None:
         return first
     x0, y0, x1, y1 = grow_box(box, REFINE_MARGIN, orig)
     crop = image.crop((x0, y0, x1, y1))
-    small = np.asarray(crop.resize((predictor.size, predictor.size), Image.Resampling.BILINEAR))
-    second = fit_quad(logit_gap_to_mask(predictor.logit_gaps(torch.from_numpy(small.transpose(2, 0, 1).copy())[None])[0],
-                                        crop.size)[0])
+    small = image_batch(crop.resize((predictor.size, predictor.size), Image.Resampling.BILINEAR))
+    second = fit_quad(logit_gap_to_mask(predictor.logit_gaps(small)[0], crop.size)[0])
     return first if second is None else second + np.array([x0, y0])
+
+
+def photo_quad(predictor, path, data=None):
+    """(the tool's corners or None, the photo as PIL RGB) of one photo file (or its bytes named by path)."""
+    from .photos import open_photo, to_rgb
+    x, orig = predictor.inputs(path, data)
+    image = to_rgb(open_photo(path, data), path)
+    return predict_quad(predictor, image, predictor.logit_gaps(x)[0], orig), image
 
 
 def corner_error(pred, truth):
@@ -129,11 +135,8 @@ def plausible(reading, confidence, min_confidence):
 def read_photo(predictor, reader, path, data=None, min_confidence=MIN_CONFIDENCE):
     """The whole tool on one photo: region, quad, strip, digits. A dict with status, reading,
     confidence, corners x0..y3 (photo pixels) and seconds. Raises DataError on a bad photo."""
-    from .photos import open_photo, to_rgb
     t0 = time.perf_counter()
-    x, orig = predictor.inputs(path, data)
-    image = to_rgb(open_photo(path, data), path)
-    quad = predict_quad(predictor, image, predictor.logit_gaps(x)[0], orig)
+    quad, image = photo_quad(predictor, path, data)
     row = {"status": "no_region", "reading": "", "confidence": 0.0, **{f"{a}{i}": "" for i in range(4) for a in "xy"}}
     if quad is not None:
         reading, conf = reader.read(rectify(np.asarray(image), quad))

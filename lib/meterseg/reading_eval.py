@@ -11,7 +11,7 @@ from PIL import Image
 from .compress import crop_photo
 from .config import CROP_MARGIN
 from .photos import open_photo, read_label, to_rgb
-from .reading import corner_error, digit_accuracy, label_readings, predict_quad, rectify
+from .reading import corner_error, digit_accuracy, label_readings, photo_quad, predict_quad, rectify
 
 WAYS = ("whole photo", "box crop (compress)", "rectified labelled quad (ceiling)",
         "rectified predicted quad (the tool)", "stored crop, rectified predicted quad")
@@ -94,12 +94,6 @@ def verdict(acc, own=None):
                f"rectified predicted quad {own['exact_pct'][WAYS[3]]:.1f} %, stored crop {own['exact_pct'][WAYS[4]]:.1f} %."))
 
 
-def tool_quad(predictor, photo):
-    """The corners the tool finds for a photo file."""
-    x, orig = predictor.inputs(photo)
-    return predict_quad(predictor, to_rgb(open_photo(photo), photo), predictor.logit_gaps(x)[0], orig)
-
-
 def train_own_reader(cfg, predictor, epochs=20, jitter=8.0, copies=3, seed=0):
     """Our CRNN trained on the train split's rectified labelled quads (each also with `copies` copies
     whose corners are jittered by `jitter` px, like predicted corners), its epoch picked on the
@@ -108,7 +102,7 @@ def train_own_reader(cfg, predictor, epochs=20, jitter=8.0, copies=3, seed=0):
     from .ownreader import OwnReader, labelled_strips, train_reader
     x, ys = labelled_strips(*split_pairs(cfg, "train"), jitter=jitter, copies=copies, seed=seed)
     vp, vl = split_pairs(cfg, "val")
-    xv, yv = labelled_strips(vp, vl, quads=[tool_quad(predictor, p) for p in vp])
+    xv, yv = labelled_strips(vp, vl, quads=[photo_quad(predictor, p)[0] for p in vp])
     model, history = train_reader(x, ys, xv, yv, epochs=epochs, seed=seed)
     return OwnReader(model), pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
 

@@ -47,13 +47,18 @@ def runs_dir(results, profile):
     return Path(results) / "runs" / profile
 
 
+def row_config(profile, seed, **fields):
+    """The Config of a table row: the paper's AttU with `fields` changed, for one seed."""
+    return make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed)
+
+
 def run_dir(results, cfg):
     return runs_dir(results, cfg.profile) / run_name(cfg)
 
 
 def ensure_run(results, profile, seed, data="", progress=None, **fields):
     """Train (or reuse) the run of profile + fields + seed under results/runs/<profile>/; its summary."""
-    cfg = make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed, data=data)
+    cfg = row_config(profile, seed, **fields, data=data)
     return train(cfg, run_dir(results, cfg), progress)
 
 
@@ -75,7 +80,7 @@ def study_runs(profile, seeds):
     specs = [(s, f) for f in ROWS.values() for s in seeds]
     unique = {}
     for s, f in specs:
-        unique.setdefault(run_name(make_config(profile, **{**PAPER_ATTU, **f}, seed=s)), (s, f))
+        unique.setdefault(run_name(row_config(profile, s, **f)), (s, f))
     return list(unique.values())
 
 
@@ -97,8 +102,7 @@ def train_all(results, profile, seeds, data="", jobs=None):
     import torch
     specs = study_runs(profile, seeds)
     jobs = jobs or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
-    existing = sum((run_dir(results, make_config(profile, **{**PAPER_ATTU, **f}, seed=s)) / "summary.json").exists()
-                   for s, f in specs)
+    existing = sum((run_dir(results, row_config(profile, s, **f)) / "summary.json").exists() for s, f in specs)
     t0 = time.time()
     if jobs == 1:
         summaries = [ensure_run(results, profile, s, data, **f) for s, f in specs]
@@ -128,12 +132,12 @@ def ensure_table(results, table, profile, seeds, data=""):
 
 def run_checkpoint(results, profile, seed, **fields):
     """The best.pt of a finished run of profile + fields + seed."""
-    return run_dir(results, make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed)) / "best.pt"
+    return run_dir(results, row_config(profile, seed, **fields)) / "best.pt"
 
 
 def load_run(results, profile, seed, **fields):
     """(summary, history, per-image test metrics) of a finished run."""
-    d = run_dir(results, make_config(profile, **{**PAPER_ATTU, **fields}, seed=seed))
+    d = run_dir(results, row_config(profile, seed, **fields))
     return (json.loads((d / "summary.json").read_text()), pd.read_csv(d / "history.csv"),
             pd.read_csv(d / "test_metrics.csv"))
 
