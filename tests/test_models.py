@@ -112,3 +112,12 @@ def test_inference_model_matches_the_trained_one():
         ref, (out, att) = m(x, return_attention=True), fast(x.contiguous(memory_format=torch.channels_last), return_attention=True)
     torch.testing.assert_close(out, ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(att[1], ref[1][1], rtol=1e-4, atol=1e-4)
+
+
+def test_start_at_prior_makes_the_first_prediction_the_foreground_share():
+    m = build_model("attunet", 4, (1, 2)).eval()
+    m.start_at_prior(0.03)
+    with torch.no_grad():
+        m.head.weight.zero_()  # leave only the bias: p(foreground) must be the share exactly
+        p = torch.softmax(m(torch.randn(2, 3, 32, 32)), dim=1)[:, 1]
+    assert torch.allclose(p, torch.full_like(p, 0.03), atol=1e-6)

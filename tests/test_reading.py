@@ -129,3 +129,33 @@ def test_own_reader_learns_a_few_strips():
     model, history = ownreader.train_reader(x.repeat(8, 1, 1, 1), ys * 8, x, ys, epochs=40, batch=16, lr=3e-3)
     assert history[-1][1] < history[0][1] / 3
     assert max(e for _, _, e in history) >= 0.75
+
+
+def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smoke_run):
+    """ship_reader stores the CRNN in the one shipped file; load_reader gives back the same network."""
+    import shutil
+    import pandas as pd
+    import torch
+    from meterseg import ownreader, reading_eval
+    from meterseg.checkpoint import CheckpointError
+    ck = tmp_path / "attunet.pt"
+    shutil.copyfile(smoke_run[0] / "best.pt", ck)
+    (tmp_path / "README.md").write_text("# attunet.pt\n")
+    with pytest.raises(CheckpointError, match="attunet.pt: carries no reader"):
+        reading.load_reader(ck, "own")
+    assert isinstance(reading.load_reader(ck, "auto"), reading.Reader)
+    torch.manual_seed(0)
+    own = ownreader.OwnReader(ownreader.CRNN())
+    history = pd.DataFrame([(1, 2.0, 0.5), (2, 1.0, 0.75)], columns=["epoch", "ctc_loss", "val_exact"])
+    accuracy = pd.DataFrame({"photos": 4, "exact_pct": [0.0, 25.0, 100.0, 75.0, 75.0]}, index=reading_eval.WAYS)
+    for _ in range(2):  # a rerun of notebook 06 replaces the reader, it does not pile up
+        reading_eval.ship_reader(ck, own, history, accuracy)
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("## The reader") == 1 and "epoch 2" in text and "75.0 %" in text
+    back = reading.load_reader(ck)
+    assert isinstance(back, ownreader.OwnReader)
+    strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)
+    assert back.read(strip) == own.read(strip)
+    x = ownreader.to_strip(strip)[None]
+    assert torch.equal(back.model(x), own.model(x))
+    assert Predictor.load(ck, "cpu") is not None  # the segmenter still loads from the same file

@@ -16,6 +16,7 @@ from .metrics import METRICS, image_scores, summarize
 from .models import MODELS
 from .train import SCHEDULES
 from .photos import PHOTO_EXT, DataError, read_mask
+from .reading import READERS
 
 CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
 HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
@@ -132,8 +133,8 @@ def cmd_compress(a):
     from .predictor import Predictor
     reader = None
     if a.read:
-        from .reading import Reader
-        reader = Reader()
+        from .reading import load_reader
+        reader = load_reader(a.checkpoint, a.reader)
     rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.workers,
                     reader=reader)
     ok = [r for r in rows if r["status"] == "ok"]
@@ -147,16 +148,18 @@ def cmd_compress(a):
     return 1 if errors else 0
 
 
+READER_HELP = ("auto: our CRNN when the checkpoint carries one (notebook 06 stores it), else rapidocr; "
+               "own: the CRNN or an error; rapidocr: the off-the-shelf recogniser")
 READ_FIELDS = ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
 
 
 def cmd_read(a):
     from .predictor import Predictor
-    from .reading import Reader, read_photo
+    from .reading import load_reader, read_photo
     out = Path(a.out)
     if out.exists():
         raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
-    predictor, reader = Predictor.load(a.checkpoint, a.device), Reader()
+    predictor, reader = Predictor.load(a.checkpoint, a.device), load_reader(a.checkpoint, a.reader)
     tmp = out.with_name(out.name + ".part")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +229,7 @@ def build_parser():
     c.add_argument("--workers", type=int)
     c.add_argument("--device", default="auto")
     c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
+    c.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
     c.add_argument("in_dir")
     c.add_argument("out_dir")
     c.set_defaults(func=cmd_compress)
@@ -234,6 +238,7 @@ def build_parser():
     rd.add_argument("--checkpoint", required=True)
     rd.add_argument("--out", required=True, help="CSV to write: " + ",".join(READ_FIELDS))
     rd.add_argument("--device", default="auto")
+    rd.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
     rd.add_argument("--min-confidence", type=float, default=None, help="below it a reading is flagged unreadable")
     rd.add_argument("photos", nargs="+")
     rd.set_defaults(func=cmd_read)

@@ -35,6 +35,7 @@ class Config:
     gamma: float = 0.1
     warmup: float = 1.0  # cosine: epochs of linear warm-up before the cosine decay to 0
     augment: bool = True  # random horizontal flips
+    prior_init: bool = True  # start the head at the train split's foreground share (models.UNet.start_at_prior)
     max_photos: int = 0  # cap on training photos (0 = all), for quick runs
     seed: int = 0
     device: str = "auto"

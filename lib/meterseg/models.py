@@ -4,6 +4,8 @@ Levels are counted from the deepest skip: gate 1 sits on the skip just above the
 bottleneck, gate 4 on the full-resolution skip. `gates=()` is the plain U-Net, and it
 is the attention U-Net with its gates removed and nothing else changed.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -92,6 +94,16 @@ class UNet(nn.Module):
             UpBlock(widths[DEPTH - i], widths[DEPTH - 1 - i], gated=i in gates) for i in range(1, DEPTH)
         )
         self.head = PointwiseConv(widths[0], n_classes)
+
+    @torch.no_grad()
+    def start_at_prior(self, foreground):
+        """Set the head's bias so the untrained net predicts the foreground share everywhere (Lin et al. 2017).
+
+        From the default (p = 0.5 everywhere) the first steps of cross-entropy are all about the
+        ~97 % background pixels; one CE-only seed ended with every region pixel on dead features
+        and a logit gap stuck below 0 (README, Protocol).
+        """
+        self.head.bias.copy_(torch.tensor([0.0, math.log(foreground / (1 - foreground))]))
 
     def forward(self, x, return_attention=False):
         skips = []

@@ -118,6 +118,17 @@ class OwnReader:
     def __init__(self, model):
         self.model = model.eval()
 
+    def state(self, **meta):
+        """What the shipped checkpoint keeps of this reader under "reader": weights and plain facts."""
+        return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                "width": self.model.rnn.hidden_size // 2, **meta}
+
+    @classmethod
+    def from_state(cls, state):
+        model = CRNN(state["width"])
+        model.load_state_dict(state["state_dict"])
+        return cls(model)
+
     @torch.no_grad()
     def read(self, image):
         return greedy_decode(self.model(to_strip(image)[None])[0])

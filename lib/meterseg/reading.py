@@ -123,6 +123,29 @@ class Reader:
         return re.sub(r"\D", "", text), (float(np.mean(scores)) if scores else 0.0)
 
 
+READERS = ("auto", "own", "rapidocr")
+
+
+def load_reader(checkpoint, name="auto"):
+    """The recogniser `read` and `compress --read` use: "own" is the CRNN that notebook 06 trained
+    and stored in the shipped checkpoint (key "reader"), "rapidocr" the off-the-shelf one, "auto"
+    the CRNN when the checkpoint carries one, else rapidocr."""
+    import torch
+    from .checkpoint import CheckpointError
+    from .ownreader import OwnReader
+    if name not in READERS:
+        raise ValueError(f"unknown reader {name!r}: expected one of {READERS}")
+    state = None
+    if name != "rapidocr":
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True).get("reader")
+        except Exception as e:
+            raise CheckpointError(f"{checkpoint}: refused: not a plain weights checkpoint ({type(e).__name__})") from None
+        if state is None and name == "own":
+            raise CheckpointError(f"{checkpoint}: carries no reader of ours (notebook 06 adds it); use --reader rapidocr")
+    return OwnReader.from_state(state) if state is not None else Reader()
+
+
 def plausible(reading, confidence, min_confidence):
     """'ok', or why a reading is flagged 'unreadable': not DIGITS digits, or low confidence."""
     if len(reading) != DIGITS:

@@ -141,7 +141,11 @@ def train(cfg, out_dir, progress=None):
 
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
-    model = build_model(cfg.model, cfg.base, cfg.gates).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.model, cfg.base, cfg.gates)
+    foreground = float(ds["masks"][idx["train"]].float().mean())
+    if cfg.prior_init:
+        model.start_at_prior(foreground)
+    model = model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     n_batches = len(idx["train"]) // cfg.batch_size or 1  # drop the ragged last batch: BatchNorm needs > 1 sample
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, n_batches))  # stepped once per batch
@@ -203,7 +207,7 @@ def train(cfg, out_dir, progress=None):
     best_epoch = max(history, key=lambda h: h["val_dice"])
     summary = {
         "run": run_name(cfg), "profile": cfg.profile, "seed": cfg.seed, "data": data_id["dataset"], "data_fingerprint": data_id["fingerprint"],
-        "n_train": len(idx["train"]), "n_val": len(idx["val"]), "n_test": len(idx["test"]),
+        "n_train": len(idx["train"]), "train_foreground": foreground, "n_val": len(idx["val"]), "n_test": len(idx["test"]),
         "skipped_photos": ds["errors"], "best_epoch": best_epoch["epoch"], "best_val_dice": best_epoch["val_dice"],
         "val_flattened": flattened(history), "last_val_dice_change": history[-1]["val_dice"] - history[-2]["val_dice"]
         if len(history) > 1 else None,
