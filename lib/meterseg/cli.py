@@ -129,20 +129,27 @@ def cmd_evaluate(a):
 
 
 def cmd_compress(a):
+    from .archive import compress_archive, is_url
     from .compress import compress
     from .predictor import Predictor
-    reader = None
-    if a.read:
-        from .reading import load_reader
-        reader = load_reader(a.checkpoint, a.reader)
-    rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.workers,
-                    reader=reader)
+    if a.engine == "ray" or is_url(a.in_dir) or is_url(a.out_dir):
+        if not Path(a.checkpoint).is_file():
+            raise CheckpointError(f"{a.checkpoint}: no such checkpoint")
+        rows = compress_archive(a.checkpoint, a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.engine,
+                                a.ray_address, a.actors, a.reader if a.read else None)
+    else:
+        reader = None
+        if a.read:
+            from .reading import load_reader
+            reader = load_reader(a.checkpoint, a.reader)
+        rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality,
+                        a.workers, reader=reader)
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"].startswith("error")]
     bi, bo = sum(int(r["bytes_in"]) for r in ok), sum(int(r["bytes_out"]) for r in ok)
     print(f"{len(rows)} photos: {len(ok)} cropped, {sum(r['status'] == 'no_region' for r in rows)} copied whole "
           f"(no region), {len(errors)} errors; cropped bytes {bi} -> {bo}"
-          + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else "") + f"; manifest {Path(a.out_dir) / 'manifest.csv'}")
+          + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else "") + f"; manifest {a.out_dir.rstrip('/')}/manifest.csv")
     for r in errors:
         print(f"{r['source']}: {r['status']}", file=sys.stderr)
     return 1 if errors else 0
@@ -230,8 +237,12 @@ def build_parser():
     c.add_argument("--device", default="auto")
     c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
     c.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
-    c.add_argument("in_dir")
-    c.add_argument("out_dir")
+    c.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
+    c.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    c.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
+    c.add_argument("in_dir", help="a folder, or a URL: s3://bucket/prefix, file:///path")
+    c.add_argument("out_dir", help="a folder or a URL; AWS_* variables give S3 credentials and endpoint")
     c.set_defaults(func=cmd_compress)
 
     rd = sub.add_parser("read", help="read each photo's meter: region -> 4 corners -> upright strip -> digits")

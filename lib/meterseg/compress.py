@@ -32,7 +32,7 @@ from .jpegcrop import lossless_crop, lossless_method
 from .photos import PHOTO_EXT, DataError, open_photo, to_rgb
 from .predictor import gap_box, grow_box
 
-MANIFEST_FIELDS = ["source", "status", "method", "bytes_in", "mtime_ns", "sha256", "bytes_out",
+MANIFEST_FIELDS = ["source", "status", "method", "bytes_in", "mtime_ns", "etag", "sha256", "bytes_out",
                    "x0", "y0", "x1", "y1", "output", "confidence", "reading", "reading_confidence", "reading_status"]
 FORMATS = ("lossless", "jpeg", "webp", "png")
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "webp": (".webp",), "png": (".png",)}  # first: the one appended
@@ -134,11 +134,13 @@ def output_lock(out_dir):
 
 
 def read_manifest(path):
-    """Rows of a manifest, dropping a torn last line left by a kill or a full disk."""
+    """Rows of a manifest file ([] if there is none)."""
     path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    return parse_manifest(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else []
+
+
+def parse_manifest(text):
+    """Rows of a manifest's text, dropping a torn last line left by a kill or a full disk."""
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     rows = csv.DictReader(io.StringIO(text, newline=""))
@@ -209,6 +211,25 @@ def read_fields(predictor, reader, data, name, gap, orig, lock):
             "reading_status": plausible(reading, conf, MIN_CONFIDENCE)}
 
 
+def photo_result(predictor, rel, name, data, gap, orig, margin=CROP_MARGIN, fmt="lossless", quality=90,
+                 reader=None, reader_lock=None):
+    """The per-photo work every engine shares: (crop bytes, manifest row) from a photo's bytes and its
+    logit gap. The row names the output the crop is to be written to; the caller writes it."""
+    out, fields = crop_photo(data, name, gap, orig, margin, fmt, quality)
+    row = {k: "" for k in MANIFEST_FIELDS} | {"source": rel, "bytes_in": len(data), "sha256": sha256_bytes(data)}
+    row |= fields | {"bytes_out": len(out), "output": output_name(rel, fields["method"])}
+    if reader is not None:
+        row |= read_fields(predictor, reader, data, name, gap, orig, reader_lock or threading.Lock())
+    return out, row
+
+
+def error_row(rel, name, e):
+    """The manifest row of a photo that failed: its message names the photo."""
+    msg = str(e).replace("\n", " ").replace("\r", " ")
+    return {k: "" for k in MANIFEST_FIELDS} | {
+        "source": rel, "status": f"error: {msg if rel in msg or str(name) in msg else f'{rel}: {msg}'}"[:400]}
+
+
 def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader):
     manifest = out_dir / "manifest.csv"
     photos = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in PHOTO_EXT and p.is_file())
@@ -243,14 +264,13 @@ def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, 
 
     def finish(item, loaded, gap):
         rel, src = item
-        row = {k: "" for k in MANIFEST_FIELDS} | {"source": rel}
         try:
             if isinstance(loaded, Exception):
                 raise loaded
             _, orig, data, mtime_ns = loaded
-            row |= {"bytes_in": len(data), "mtime_ns": mtime_ns, "sha256": sha256_bytes(data)}
-            out, fields = crop_photo(data, src, gap, orig, margin, fmt, quality)
-            out_rel = output_name(rel, fields["method"])
+            out, row = photo_result(predictor, rel, src, data, gap, orig, margin, fmt, quality, reader, reader_lock)
+            row["mtime_ns"] = mtime_ns
+            out_rel = row["output"]
             with claims_lock:
                 if claims.setdefault(out_rel, rel) != rel:
                     raise DataError(f"{src}: its output name {out_rel} is already taken by {claims[out_rel]}")
@@ -260,13 +280,9 @@ def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, 
                 with claims_lock:
                     claims.pop(out_rel, None)
                 raise DataError(f"{out_dir / out_rel}: cannot write the crop of {rel} ({e.strerror or e})") from None
-            row |= fields | {"bytes_out": len(out), "output": out_rel}
-            if reader is not None:
-                row |= read_fields(predictor, reader, data, src, gap, orig, reader_lock)
+            return row
         except (DataError, OSError, ValueError) as e:
-            msg = str(e).replace("\n", " ").replace("\r", " ")
-            row["status"] = f"error: {msg if rel in msg or str(src) in msg else f'{rel}: {msg}'}"[:400]
-        return row
+            return error_row(rel, src, e)
 
     from tqdm import tqdm
     threads = torch.get_num_threads()

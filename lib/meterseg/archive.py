@@ -1,0 +1,306 @@
+"""`meterseg compress` over object storage (fsspec URLs: s3://, file://), in process or on Ray Data.
+
+The per-photo work is compress.photo_result, the same function the local-folder engine calls.
+What this adds is the run around it, with the local tool's guarantees restated for objects:
+- IN is only listed and read; an OUT prefix equal to IN or inside it is refused.
+- An output object appears whole or not at all: one PUT on an object store (a temp file and
+  a rename on a local file system).
+- Photos go out in shards. A shard's worker writes its crops, then one part-manifest
+  OUT/_parts/<run>-<shard>.csv listing exactly those photos. The run ends by merging the
+  parts into OUT/manifest.csv, one row per source (a shard retried by Ray appears twice in
+  the parts and once in the manifest), then deletes the parts.
+- A killed run leaves its parts; the rerun merges them first, so what was done is not redone.
+  A row is kept while its output exists and its source's size, mtime and ETag are unchanged
+  (objects are not downloaded again to hash them).
+- A bad object gets its error row (retried by the next run) and the run goes on.
+No lock guards an OUT prefix (object stores have no flock): run one compress per prefix. Two at
+once still leave whole objects and one manifest row per source, but do the work twice.
+"""
+import csv
+import io
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from .compress import (FORMATS, MANIFEST_FIELDS, EXTENSIONS, atomic_write, error_row, new_file_mode, parse_manifest,
+                       photo_result)
+from .config import CROP_MARGIN
+from .photos import PHOTO_EXT, DataError
+
+PARTS = "_parts"  # under OUT: the part-manifests of unfinished runs
+ENGINES = ("local", "ray")
+SHARD = 32  # photos per shard: the unit of work, of a part-manifest and of what a kill can lose
+
+
+def is_url(s):
+    return "://" in str(s)
+
+
+def open_store(url):
+    """(fsspec file system, root path without a trailing slash) of a URL or local path.
+    S3 credentials and endpoint come from the standard AWS variables, as botocore reads them."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(str(url))
+    fs.invalidate_cache()  # fsspec shares one instance per process: its cached listings may be old
+    return fs, root.rstrip("/")
+
+
+def is_local(fs):
+    from fsspec.implementations.local import LocalFileSystem
+    return isinstance(fs, LocalFileSystem)
+
+
+def put_whole(fs, path, data, mode=None):
+    """Write bytes to path on fs whole or not at all."""
+    if is_local(fs):
+        atomic_write(Path(path), data, new_file_mode() if mode is None else mode)
+    else:
+        fs.pipe_file(path, data)  # one PUT: the object store shows it whole or not at all
+
+
+def _version(info):
+    """(mtime in ns, etag) of a listing entry: local files have mtime, objects LastModified and ETag."""
+    if "mtime" in info:
+        return int(info["mtime"] * 1e9), ""
+    t = info.get("LastModified")
+    return (int(t.timestamp() * 1e9) if t is not None else 0), str(info.get("ETag", "")).strip('"')
+
+
+def list_photos(fs, root):
+    """{relative key: {size, mtime_ns, etag}} of every photo under root."""
+    found = fs.find(root, detail=True)
+    out = {}
+    for path, info in sorted(found.items()):
+        rel = path[len(root) + 1:]
+        if Path(rel).suffix.lower() in PHOTO_EXT and info.get("type", "file") == "file" and not rel.startswith(PARTS + "/"):
+            mtime_ns, etag = _version(info)
+            out[rel] = {"size": int(info["size"]), "mtime_ns": mtime_ns, "etag": etag}
+    return out
+
+
+def refuse_out_in_in(fs_in, in_root, fs_out, out_root, in_url, out_url):
+    if type(fs_in) is type(fs_out) and (out_root == in_root or out_root.startswith(in_root + "/")):
+        raise DataError(f"{out_url}: the output prefix must not be the input prefix or inside it ({in_url})")
+
+
+def clash_names(sources):
+    """Sources whose name is another source's name plus a re-encoding extension (m.tiff.png beside
+    m.tiff): the one output name both could claim. Small, so every worker gets it."""
+    exts = {e for es in EXTENSIONS.values() for e in es}
+    return {s for s in sources if any(s.lower().endswith(e) and s[:-len(e)] in sources for e in exts)}
+
+
+def manifest_csv(rows):
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    w.writeheader()
+    w.writerows({k: r.get(k, "") for k in MANIFEST_FIELDS} for r in rows)
+    return buf.getvalue().encode()
+
+
+def _read_rows(fs, path):
+    try:
+        return parse_manifest(fs.cat_file(path).decode("utf-8", errors="replace"))
+    except FileNotFoundError:
+        return []
+
+
+class ShardWorker:
+    """Loads the model (and reader) once; each call crops one shard and writes its part-manifest.
+    The Ray engine runs one per actor; the local engine one in process."""
+
+    def __init__(self, checkpoint, out_url, margin, fmt, quality, reader, clashes, run_id, threads=None):
+        import torch
+        from .predictor import Predictor
+        if threads:
+            torch.set_num_threads(threads)
+        with tempfile.TemporaryDirectory() as tmp:  # the checkpoint travels as bytes to a remote actor
+            path = Path(tmp) / "model.pt"
+            path.write_bytes(checkpoint)
+            self.predictor = Predictor.load(path, "auto")
+            if reader:
+                from .reading import load_reader
+                self.reader = load_reader(path, reader)
+            else:
+                self.reader = None
+        self.fs, self.root = open_store(out_url)
+        self.margin, self.fmt, self.quality, self.clashes, self.run_id = margin, fmt, quality, clashes, run_id
+        self.mode = new_file_mode()
+
+    def crop(self, items):
+        """items: dicts with source, bytes (or an error message), mtime_ns, etag. Returns the rows."""
+        import torch
+        loaded, rows = [], []
+        for it in items:
+            try:
+                if it.get("read_error"):
+                    raise DataError(it["read_error"])
+                loaded.append(self.predictor.inputs(it["source"], it["bytes"]))
+            except (DataError, OSError) as e:
+                loaded.append(e)
+        good = [ld[0] for ld in loaded if not isinstance(ld, Exception)]
+        gaps = iter(self.predictor.logit_gaps(torch.cat(good)) if good else [])
+        for it, ld in zip(items, loaded):
+            rel = it["source"]
+            try:
+                if isinstance(ld, Exception):
+                    raise ld
+                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1], self.margin,
+                                        self.fmt, self.quality, self.reader)
+                if row["output"] != rel and row["output"] in self.clashes:
+                    raise DataError(f"{rel}: its output name {row['output']} is already taken by that source")
+                try:
+                    put_whole(self.fs, f"{self.root}/{row['output']}", out, self.mode)
+                except OSError as e:
+                    raise DataError(f"{self.root}/{row['output']}: cannot write the crop of {rel} ({e})") from None
+                row |= {"mtime_ns": it["mtime_ns"], "etag": it["etag"]}
+            except (DataError, OSError, ValueError) as e:
+                row = error_row(rel, rel, e) | {"bytes_in": it.get("size", "")}
+            rows.append(row)
+        # the part names only photos whose crops are written: a kill before this line redoes the shard
+        put_whole(self.fs, f"{self.root}/{PARTS}/{self.run_id}-{uuid.uuid4().hex[:12]}.csv", manifest_csv(rows), self.mode)
+        return rows
+
+    def __call__(self, batch):
+        """Ray Data's map_batches: a pandas batch in, its rows' source and status out."""
+        import pandas as pd
+        rows = self.crop(batch.to_dict("records"))
+        return pd.DataFrame({"source": [r["source"] for r in rows], "status": [r["status"] for r in rows]})
+
+
+def fetch_bytes(in_url):
+    """A Ray Data map_batches function: each row's bytes from IN (a failed read is kept as a message)."""
+    def read(batch):  # a pandas batch: bytes stay Python bytes (numpy's "S" type drops trailing NULs)
+        fs, root = open_store(in_url)
+        data, errors = [], []
+        for rel in batch["source"]:
+            try:
+                data.append(fs.cat_file(f"{root}/{rel}"))
+                errors.append("")
+            except OSError as e:
+                data.append(b"")
+                errors.append(f"{in_url}/{rel}: cannot read ({e})")
+        return batch.assign(bytes=data, read_error=errors)
+    return read
+
+
+def plan(in_url, out_url, reader=None):
+    """Merge what earlier runs left (manifest and parts), decide what is done, and list the rest.
+    Returns (fs_out, out_root, rows kept, items to do, clashes)."""
+    fs_in, in_root = open_store(in_url)
+    fs_out, out_root = open_store(out_url)
+    refuse_out_in_in(fs_in, in_root, fs_out, out_root, in_url, out_url)
+    if not fs_in.isdir(in_root):
+        raise DataError(f"{in_url}: input prefix not found (no objects under it)")
+    sources = list_photos(fs_in, in_root)
+    parts = sorted(fs_out.glob(f"{out_root}/{PARTS}/*.csv")) if fs_out.isdir(f"{out_root}/{PARTS}") else []
+    merged = {}
+    for path in [f"{out_root}/manifest.csv", *parts]:  # later parts win: a retried shard's row appears once
+        for r in _read_rows(fs_out, path):
+            merged[r["source"]] = r
+    existing = {p[len(out_root) + 1:] for p in fs_out.find(out_root)} if merged else set()
+
+    def done(r):
+        s = sources.get(r["source"])
+        return (s is not None and r["status"] in ("ok", "no_region") and r["output"] in existing
+                and r["bytes_in"] == str(s["size"]) and r["mtime_ns"] == str(s["mtime_ns"])
+                and r.get("etag", "") == s["etag"] and (reader is None or r.get("reading_status")))
+    kept = [r for r in merged.values() if done(r)]
+    if kept or merged:
+        put_whole(fs_out, f"{out_root}/manifest.csv", manifest_csv(kept))
+        for path in parts:
+            fs_out.rm_file(path)  # merged into the manifest just written
+    skip = {r["source"] for r in kept}
+    todo = [{"source": rel, **v} for rel, v in sources.items() if rel not in skip]
+    return fs_out, out_root, kept, todo, clash_names(sources)
+
+
+def compress_archive(checkpoint, in_url, out_url, margin=CROP_MARGIN, fmt="lossless", quality=90, engine="local",
+                     ray_address=None, actors=None, reader=None, shard=SHARD, progress=True):
+    """Crop every photo under IN into OUT and write OUT/manifest.csv; returns the manifest's rows.
+
+    engine "local": shards one after another in this process. "ray": read tasks, then an actor
+    pool (the model loaded once per actor) on Ray Data; ray_address joins a cluster, else a
+    local one is started. reader: a load_reader name to also read the meters, or None.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
+    checkpoint_bytes = Path(checkpoint).read_bytes()
+    fs_out, out_root, kept, todo, clashes = plan(in_url, out_url, reader)
+    fs_out.makedirs(out_root, exist_ok=True)
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    t0 = time.perf_counter()
+    if progress:
+        print(f"[compress] {len(kept)} photos already done, {len(todo)} to do ({engine} engine)", flush=True)
+    if todo and engine == "local":
+        fs_in, in_root = open_store(in_url)
+        worker = ShardWorker(checkpoint_bytes, out_url, margin, fmt, quality, reader, clashes, run_id)
+        for i in range(0, len(todo), shard):
+            items = todo[i:i + shard]
+            for it in items:
+                try:
+                    it["bytes"] = fs_in.cat_file(f"{in_root}/{it['source']}")
+                except OSError as e:
+                    it["read_error"] = f"{in_url}/{it['source']}: cannot read ({e})"
+            worker.crop(items)
+            for it in items:
+                it.pop("bytes", None)
+    elif todo:
+        run_on_ray(checkpoint_bytes, in_url, out_url, margin, fmt, quality, reader, clashes, run_id, todo,
+                   ray_address, actors, shard)
+    rows = merge(fs_out, out_root, kept)
+    if progress:
+        print(f"[compress] {len(rows)} rows in {out_url.rstrip('/')}/manifest.csv ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
+def merge(fs_out, out_root, kept):
+    """The kept rows plus every part's, one per source, into OUT/manifest.csv; then the parts go."""
+    rows = {r["source"]: r for r in kept}
+    parts = sorted(fs_out.glob(f"{out_root}/{PARTS}/*.csv")) if fs_out.isdir(f"{out_root}/{PARTS}") else []
+    for path in parts:
+        for r in _read_rows(fs_out, path):
+            rows[r["source"]] = r
+    out = sorted(rows.values(), key=lambda r: r["source"])
+    put_whole(fs_out, f"{out_root}/manifest.csv", manifest_csv(out))
+    for path in parts:
+        fs_out.rm_file(path)
+    return out
+
+
+def actor_cpus(cluster_cpus, actors):
+    """CPUs reserved per actor, leaving half a CPU to the read tasks: with every CPU held by an
+    actor the reads could never be scheduled, and the pipeline would wait forever."""
+    return max(0.25, min(1.0, (cluster_cpus - 0.5) / actors))
+
+
+def run_on_ray(checkpoint_bytes, in_url, out_url, margin, fmt, quality, reader, clashes, run_id, todo,
+               ray_address, actors, shard):
+    import ray
+    from ray.data import ActorPoolStrategy
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    started = not ray.is_initialized()
+    if started:
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        kw = {"address": ray_address} if ray_address else {"num_cpus": os.cpu_count(), "include_dashboard": False}
+        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False, **kw)
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        n = actors or max(1, int(cpus))
+        per = actor_cpus(cpus, n)
+        items = [{k: v for k, v in it.items()} for it in todo]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // shard))
+        ds = ds.map_batches(fetch_bytes(in_url), batch_size=shard, batch_format="pandas", num_cpus=0.25)
+        ds = ds.map_batches(ShardWorker, batch_size=shard, batch_format="pandas", compute=ActorPoolStrategy(size=n),
+                            num_cpus=per,
+                            fn_constructor_args=(checkpoint_bytes, out_url, margin, fmt, quality, reader, clashes,
+                                                 run_id, max(1, int(per))))
+        for _ in ds.iter_batches(batch_size=None):
+            pass  # the workers wrote crops and parts; merge reads the parts
+    finally:
+        if started:
+            ray.shutdown()
