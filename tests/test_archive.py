@@ -12,6 +12,7 @@ from conftest import SAMPLE
 from meterseg import archive
 from meterseg.compress import parse_manifest
 from meterseg.photos import DataError
+from meterseg.reading import READ_FIELDS
 
 pytest.importorskip("s3fs")
 PHOTOS = sorted(SAMPLE.rglob("*.jpg"))
@@ -109,10 +110,33 @@ def test_s3_to_s3_on_ray(s3, bucket, smoke_run):
     try:
         rows = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out",
                                         engine="ray", actors=2, shard=4, progress=False)
+        readings = archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv",
+                                        engine="ray", actors=2, shard=4, reader="rapidocr", progress=False)
     finally:
         ray.shutdown()
     check_run(s3, bucket, rows)
+    check_readings(s3, bucket, readings)
     assert object_hashes(s3, f"{bucket}/in") == before
+
+
+def check_readings(fs, bucket, rows):
+    """One READ_FIELDS row per photo, in the CSV object too; the bad object an error row naming it."""
+    fs.invalidate_cache()
+    stored = parse_manifest(fs.cat_file(f"{bucket}/readings.csv").decode())
+    assert stored == [{k: str(r.get(k, "")) for k in stored[0]} for r in rows]
+    assert list(stored[0]) == READ_FIELDS and len(stored) == len(fs.find(f"{bucket}/in"))
+    for r in stored:
+        ok = r["status"] in ("ok", "no_region") or r["status"].startswith("unreadable")
+        assert ok != r["image"].endswith("bad.jpg"), r
+    assert not fs.find(f"{bucket}/readings.csv.parts")
+
+
+def test_read_over_s3_in_process_never_overwrites(s3, bucket, smoke_run):
+    rows = archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv",
+                                reader="rapidocr", progress=False)
+    check_readings(s3, bucket, rows)
+    with pytest.raises(DataError, match="already exists"):
+        archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv", progress=False)
 
 
 def test_out_inside_in_is_refused_and_a_sibling_prefix_is_not(s3, bucket, smoke_run):
@@ -131,8 +155,8 @@ def test_a_retried_shard_gives_one_row_per_source(s3, bucket, smoke_run):
     """Ray may run a shard twice: its two part-manifests merge into one row per source."""
     ck = smoke_run[0] / "best.pt"
     rows = archive.compress_archive(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
-    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-1.csv", archive.manifest_csv(rows[:3]))
-    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-2.csv", archive.manifest_csv(rows[:3]))
+    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-1.csv", archive.rows_csv(rows[:3]))
+    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-2.csv", archive.rows_csv(rows[:3]))
     again = archive.compress_archive(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
     check_run(s3, bucket, again)
 

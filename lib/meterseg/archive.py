@@ -1,4 +1,4 @@
-"""`meterseg compress` over object storage (fsspec URLs: s3://, file://), in process or on Ray Data.
+"""`meterseg compress` and `meterseg read` over object storage (fsspec URLs: s3://, file://), in process or on Ray Data.
 
 The per-photo work is compress.photo_result, the same function the local-folder engine calls.
 What this adds is the run around it, with the local tool's guarantees restated for objects:
@@ -28,6 +28,7 @@ from .compress import (FORMATS, MANIFEST_FIELDS, EXTENSIONS, atomic_write, error
                        photo_result)
 from .config import CROP_MARGIN
 from .photos import PHOTO_EXT, DataError
+from .reading import READ_FIELDS
 
 PARTS = "_parts"  # under OUT: the part-manifests of unfinished runs
 ENGINES = ("local", "ray")
@@ -92,11 +93,11 @@ def clash_names(sources):
     return {s for s in sources if any(s.lower().endswith(e) and s[:-len(e)] in sources for e in exts)}
 
 
-def manifest_csv(rows):
+def rows_csv(rows, fields=MANIFEST_FIELDS):
     buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
-    w.writerows({k: r.get(k, "") for k in MANIFEST_FIELDS} for r in rows)
+    w.writerows({k: r.get(k, "") for k in fields} for r in rows)
     return buf.getvalue().encode()
 
 
@@ -107,31 +108,48 @@ def _read_rows(fs, path):
         return []
 
 
-class ShardWorker:
-    """Loads the model (and reader) once; each call crops one shard and writes its part-manifest.
-    The Ray engine runs one per actor; the local engine one in process."""
+def _parts(fs, prefix):
+    return sorted(fs.glob(f"{prefix}/*.csv")) if fs.isdir(prefix) else []
 
-    def __init__(self, checkpoint, out_url, margin, fmt, quality, reader, clashes, run_id, threads=None):
+
+class ShardWorker:
+    """Loads the model (and reader) once; each call does one shard and writes its part-manifest.
+    job "compress": crop and write each photo (options: margin, fmt, quality, clashes, reader);
+    job "read": read each meter (options: reader, min_confidence). The Ray engine runs one
+    worker per actor, the local engine one in process."""
+
+    def __init__(self, checkpoint, job, out_url, parts_url, run_id, options, threads=None):
         import torch
         from .predictor import Predictor
         if threads:
             torch.set_num_threads(threads)
+        self.job, self.run_id, self.options = job, run_id, options
         with tempfile.TemporaryDirectory() as tmp:  # the checkpoint travels as bytes to a remote actor
             path = Path(tmp) / "model.pt"
             path.write_bytes(checkpoint)
             self.predictor = Predictor.load(path, "auto")
-            if reader:
+            self.reader = None
+            if options.get("reader"):
                 from .reading import load_reader
-                self.reader = load_reader(path, reader)
-            else:
-                self.reader = None
+                self.reader = load_reader(path, options["reader"])
         self.fs, self.root = open_store(out_url)
-        self.margin, self.fmt, self.quality, self.clashes, self.run_id = margin, fmt, quality, clashes, run_id
+        self.parts_fs, self.parts_root = open_store(parts_url)
         self.mode = new_file_mode()
 
+    def work(self, items):
+        """items: dicts with source, bytes (or read_error), size, mtime_ns, etag. Returns the rows,
+        after writing them as one part: a kill before that redoes the shard, never loses a row."""
+        if self.job == "compress":
+            rows, fields = self.crop(items), MANIFEST_FIELDS
+        else:
+            rows, fields = self.read(items), READ_FIELDS
+        part = f"{self.parts_root}/{self.run_id}-{uuid.uuid4().hex[:12]}.csv"
+        put_whole(self.parts_fs, part, rows_csv(rows, fields), self.mode)
+        return rows
+
     def crop(self, items):
-        """items: dicts with source, bytes (or an error message), mtime_ns, etag. Returns the rows."""
         import torch
+        o = self.options
         loaded, rows = [], []
         for it in items:
             try:
@@ -147,9 +165,9 @@ class ShardWorker:
             try:
                 if isinstance(ld, Exception):
                     raise ld
-                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1], self.margin,
-                                        self.fmt, self.quality, self.reader)
-                if row["output"] != rel and row["output"] in self.clashes:
+                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1], o["margin"],
+                                        o["fmt"], o["quality"], self.reader)
+                if row["output"] != rel and row["output"] in o["clashes"]:
                     raise DataError(f"{rel}: its output name {row['output']} is already taken by that source")
                 try:
                     put_whole(self.fs, f"{self.root}/{row['output']}", out, self.mode)
@@ -159,15 +177,26 @@ class ShardWorker:
             except (DataError, OSError, ValueError) as e:
                 row = error_row(rel, rel, e) | {"bytes_in": it.get("size", "")}
             rows.append(row)
-        # the part names only photos whose crops are written: a kill before this line redoes the shard
-        put_whole(self.fs, f"{self.root}/{PARTS}/{self.run_id}-{uuid.uuid4().hex[:12]}.csv", manifest_csv(rows), self.mode)
+        return rows
+
+    def read(self, items):
+        from .reading import read_photo
+        rows = []
+        for it in items:
+            try:
+                if it.get("read_error"):
+                    raise DataError(it["read_error"])
+                rows.append({"image": it["source"], **read_photo(self.predictor, self.reader, it["source"], it["bytes"],
+                                                                 self.options["min_confidence"])})
+            except (DataError, OSError, ValueError) as e:
+                rows.append({"image": it["source"], "status": f"error: {str(e).replace(chr(10), ' ')}"[:400]})
         return rows
 
     def __call__(self, batch):
         """Ray Data's map_batches: a pandas batch in, its rows' source and status out."""
         import pandas as pd
-        rows = self.crop(batch.to_dict("records"))
-        return pd.DataFrame({"source": [r["source"] for r in rows], "status": [r["status"] for r in rows]})
+        rows = self.work(batch.to_dict("records"))
+        return pd.DataFrame({"status": [r["status"] for r in rows]})
 
 
 def fetch_bytes(in_url):
@@ -192,10 +221,8 @@ def plan(in_url, out_url, reader=None):
     fs_in, in_root = open_store(in_url)
     fs_out, out_root = open_store(out_url)
     refuse_out_in_in(fs_in, in_root, fs_out, out_root, in_url, out_url)
-    if not fs_in.isdir(in_root):
-        raise DataError(f"{in_url}: input prefix not found (no objects under it)")
-    sources = list_photos(fs_in, in_root)
-    parts = sorted(fs_out.glob(f"{out_root}/{PARTS}/*.csv")) if fs_out.isdir(f"{out_root}/{PARTS}") else []
+    sources = list_sources(fs_in, in_root, in_url)
+    parts = _parts(fs_out, f"{out_root}/{PARTS}")
     merged = {}
     for path in [f"{out_root}/manifest.csv", *parts]:  # later parts win: a retried shard's row appears once
         for r in _read_rows(fs_out, path):
@@ -208,13 +235,19 @@ def plan(in_url, out_url, reader=None):
                 and r["bytes_in"] == str(s["size"]) and r["mtime_ns"] == str(s["mtime_ns"])
                 and r.get("etag", "") == s["etag"] and (reader is None or r.get("reading_status")))
     kept = [r for r in merged.values() if done(r)]
-    if kept or merged:
-        put_whole(fs_out, f"{out_root}/manifest.csv", manifest_csv(kept))
+    if merged:
+        put_whole(fs_out, f"{out_root}/manifest.csv", rows_csv(kept))
         for path in parts:
             fs_out.rm_file(path)  # merged into the manifest just written
     skip = {r["source"] for r in kept}
     todo = [{"source": rel, **v} for rel, v in sources.items() if rel not in skip]
     return fs_out, out_root, kept, todo, clash_names(sources)
+
+
+def list_sources(fs_in, in_root, in_url):
+    if not fs_in.isdir(in_root):
+        raise DataError(f"{in_url}: input prefix not found (no objects under it)")
+    return list_photos(fs_in, in_root)
 
 
 def compress_archive(checkpoint, in_url, out_url, margin=CROP_MARGIN, fmt="lossless", quality=90, engine="local",
@@ -232,44 +265,76 @@ def compress_archive(checkpoint, in_url, out_url, margin=CROP_MARGIN, fmt="lossl
     checkpoint_bytes = Path(checkpoint).read_bytes()
     fs_out, out_root, kept, todo, clashes = plan(in_url, out_url, reader)
     fs_out.makedirs(out_root, exist_ok=True)
-    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     t0 = time.perf_counter()
     if progress:
         print(f"[compress] {len(kept)} photos already done, {len(todo)} to do ({engine} engine)", flush=True)
-    if todo and engine == "local":
-        fs_in, in_root = open_store(in_url)
-        worker = ShardWorker(checkpoint_bytes, out_url, margin, fmt, quality, reader, clashes, run_id)
-        for i in range(0, len(todo), shard):
-            items = todo[i:i + shard]
-            for it in items:
-                try:
-                    it["bytes"] = fs_in.cat_file(f"{in_root}/{it['source']}")
-                except OSError as e:
-                    it["read_error"] = f"{in_url}/{it['source']}: cannot read ({e})"
-            worker.crop(items)
-            for it in items:
-                it.pop("bytes", None)
-    elif todo:
-        run_on_ray(checkpoint_bytes, in_url, out_url, margin, fmt, quality, reader, clashes, run_id, todo,
-                   ray_address, actors, shard)
-    rows = merge(fs_out, out_root, kept)
+    options = {"margin": margin, "fmt": fmt, "quality": quality, "clashes": clashes, "reader": reader}
+    parts = f"{out_url.rstrip('/')}/{PARTS}"
+    run(engine, (checkpoint_bytes, "compress", out_url, parts, run_id(), options), in_url, todo, ray_address, actors, shard)
+    rows = {r["source"]: r for r in kept}
+    rows |= merge_parts(fs_out, f"{out_root}/{PARTS}", "source")
+    rows = sorted(rows.values(), key=lambda r: r["source"])
+    put_whole(fs_out, f"{out_root}/manifest.csv", rows_csv(rows))
+    remove_parts(fs_out, f"{out_root}/{PARTS}")
     if progress:
         print(f"[compress] {len(rows)} rows in {out_url.rstrip('/')}/manifest.csv ({time.perf_counter() - t0:.1f} s)")
     return rows
 
 
-def merge(fs_out, out_root, kept):
-    """The kept rows plus every part's, one per source, into OUT/manifest.csv; then the parts go."""
-    rows = {r["source"]: r for r in kept}
-    parts = sorted(fs_out.glob(f"{out_root}/{PARTS}/*.csv")) if fs_out.isdir(f"{out_root}/{PARTS}") else []
-    for path in parts:
-        for r in _read_rows(fs_out, path):
-            rows[r["source"]] = r
-    out = sorted(rows.values(), key=lambda r: r["source"])
-    put_whole(fs_out, f"{out_root}/manifest.csv", manifest_csv(out))
-    for path in parts:
-        fs_out.rm_file(path)
-    return out
+def read_archive(checkpoint, in_url, out, engine="local", ray_address=None, actors=None, reader="auto",
+                 min_confidence=None, shard=SHARD, progress=True):
+    """`meterseg read` over a prefix: one READ_FIELDS row per photo under IN into the CSV `out`
+    (a path or URL, never overwritten), on either engine."""
+    from .reading import MIN_CONFIDENCE
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
+    fs_out, out_path = open_store(out)
+    if fs_out.exists(out_path):
+        raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
+    fs_in, in_root = open_store(in_url)
+    todo = [{"source": rel, **v} for rel, v in list_sources(fs_in, in_root, in_url).items()]
+    parts = f"{out_path}.parts"
+    options = {"reader": reader, "min_confidence": MIN_CONFIDENCE if min_confidence is None else min_confidence}
+    run(engine, (Path(checkpoint).read_bytes(), "read", out, f"{out}.parts", run_id(), options), in_url, todo,
+        ray_address, actors, shard)
+    rows = sorted(merge_parts(fs_out, parts, "image").values(), key=lambda r: r["image"])
+    put_whole(fs_out, out_path, rows_csv(rows, READ_FIELDS))
+    remove_parts(fs_out, parts)
+    if progress:
+        print(f"[read] {len(rows)} rows in {out}")
+    return rows
+
+
+def run_id():
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def merge_parts(fs, prefix, key):
+    """{key: row} of every part under prefix; a source in two parts (a retried shard) once."""
+    return {r[key]: r for path in _parts(fs, prefix) for r in _read_rows(fs, path)}
+
+
+def remove_parts(fs, prefix):
+    for path in _parts(fs, prefix):
+        fs.rm_file(path)  # merged into the output just written
+
+
+def run(engine, worker_args, in_url, todo, ray_address, actors, shard):
+    """Every item of todo through a ShardWorker(*worker_args), shard by shard, on the engine."""
+    if not todo:
+        return
+    if engine == "ray":
+        return run_on_ray(worker_args, in_url, todo, ray_address, actors, shard)
+    fs_in, in_root = open_store(in_url)
+    worker = ShardWorker(*worker_args)
+    for i in range(0, len(todo), shard):
+        items = [dict(it) for it in todo[i:i + shard]]
+        for it in items:
+            try:
+                it["bytes"] = fs_in.cat_file(f"{in_root}/{it['source']}")
+            except OSError as e:
+                it["read_error"] = f"{in_url}/{it['source']}: cannot read ({e})"
+        worker.work(items)
 
 
 def actor_cpus(cluster_cpus, actors):
@@ -278,8 +343,7 @@ def actor_cpus(cluster_cpus, actors):
     return max(0.25, min(1.0, (cluster_cpus - 0.5) / actors))
 
 
-def run_on_ray(checkpoint_bytes, in_url, out_url, margin, fmt, quality, reader, clashes, run_id, todo,
-               ray_address, actors, shard):
+def run_on_ray(worker_args, in_url, todo, ray_address, actors, shard):
     import ray
     from ray.data import ActorPoolStrategy
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -292,15 +356,12 @@ def run_on_ray(checkpoint_bytes, in_url, out_url, margin, fmt, quality, reader, 
         cpus = ray.cluster_resources().get("CPU", 1)
         n = actors or max(1, int(cpus))
         per = actor_cpus(cpus, n)
-        items = [{k: v for k, v in it.items()} for it in todo]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // shard))
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, len(todo) // shard))
         ds = ds.map_batches(fetch_bytes(in_url), batch_size=shard, batch_format="pandas", num_cpus=0.25)
         ds = ds.map_batches(ShardWorker, batch_size=shard, batch_format="pandas", compute=ActorPoolStrategy(size=n),
-                            num_cpus=per,
-                            fn_constructor_args=(checkpoint_bytes, out_url, margin, fmt, quality, reader, clashes,
-                                                 run_id, max(1, int(per))))
+                            num_cpus=per, fn_constructor_args=(*worker_args, max(1, int(per))))
         for _ in ds.iter_batches(batch_size=None):
-            pass  # the workers wrote crops and parts; merge reads the parts
+            pass  # the workers wrote outputs and parts; the caller merges the parts
     finally:
         if started:
             ray.shutdown()

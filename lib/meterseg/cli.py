@@ -16,7 +16,7 @@ from .metrics import METRICS, image_scores, summarize
 from .models import MODELS
 from .train import SCHEDULES
 from .photos import PHOTO_EXT, DataError, read_mask
-from .reading import READERS
+from .reading import READ_FIELDS, READERS
 
 CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
 HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
@@ -157,12 +157,22 @@ def cmd_compress(a):
 
 READER_HELP = ("auto: our CRNN when the checkpoint carries one (notebook 06 stores it), else rapidocr; "
                "own: the CRNN or an error; rapidocr: the off-the-shelf recogniser")
-READ_FIELDS = ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
 
 
 def cmd_read(a):
+    from .archive import is_url, read_archive
     from .predictor import Predictor
     from .reading import load_reader, read_photo
+    if a.engine == "ray" or any(is_url(p) or Path(p).is_dir() for p in a.photos):
+        if len(a.photos) != 1:
+            raise DataError("read over a folder, a URL or on Ray takes one input: a folder or prefix (s3://bucket/photos)")
+        rows = read_archive(a.checkpoint, a.photos[0], a.out, a.engine, a.ray_address, a.actors, a.reader,
+                            a.min_confidence)
+        failed = sum(r["status"].startswith("error") for r in rows)
+        for r in rows:
+            if r["status"].startswith("error"):
+                print(f"{r['image']}: {r['status']}", file=sys.stderr)
+        return 1 if failed else 0
     out = Path(a.out)
     if out.exists():
         raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
@@ -251,7 +261,10 @@ def build_parser():
     rd.add_argument("--device", default="auto")
     rd.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
     rd.add_argument("--min-confidence", type=float, default=None, help="below it a reading is flagged unreadable")
-    rd.add_argument("photos", nargs="+")
+    rd.add_argument("--engine", default="local", choices=["local", "ray"], help="as for compress")
+    rd.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    rd.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
+    rd.add_argument("photos", nargs="+", help="photos; or one folder or URL prefix, read on --engine")
     rd.set_defaults(func=cmd_read)
 
     st = sub.add_parser("study", help="train every run, then execute the notebooks through papermill")

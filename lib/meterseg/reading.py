@@ -9,6 +9,7 @@ import numpy as np
 STRIP_HEIGHT = 48  # pixels of the rectified window; the recogniser resizes to its own 48 anyway
 DIGITS = 5  # a water-meter counter shows 5 wheels
 MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
+READ_FIELDS = ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
 REFINE_MARGIN = 1.0  # second pass on the region's box grown by this; chosen on validation (README, Protocol)
 
 
