@@ -204,3 +204,10 @@ def test_local_folders_through_the_archive_path(tmp_path, smoke_run):
     assert len(rows) == len(PHOTOS) and all(r["status"] in ("ok", "no_region") for r in rows)
     assert sorted(p.name for p in (tmp_path / "out" / "site").iterdir()) == sorted(p.name for p in PHOTOS)
     assert not list((tmp_path / "out").rglob(".part-*"))
+
+
+@pytest.mark.parametrize("cpus,actors", [(2, 1), (2, 2), (2, 3), (2, 8), (16, 4), (16, 40)])
+def test_actors_always_leave_a_read_task_room(cpus, actors):
+    """Actors holding every CPU starve the read tasks (0.25 CPU each) and the pipeline hangs."""
+    per = archive.actor_cpus(cpus, actors)
+    assert 0 < per <= 1 and actors * per + 0.25 <= cpus

@@ -18,6 +18,7 @@ once still leave whole objects and one manifest row per source, but do the work 
 """
 import csv
 import io
+from concurrent.futures import ThreadPoolExecutor
 import os
 import tempfile
 import time
@@ -133,6 +134,8 @@ class ShardWorker:
                 from .reading import load_reader
                 self.reader = load_reader(path, options["reader"])
         self.fs, self.root = open_store(out_url)
+        self.fs_is_local = is_local(self.fs)
+        self.pool = ThreadPoolExecutor(8)
         self.parts_fs, self.parts_root = open_store(parts_url)
         self.mode = new_file_mode()
 
@@ -160,6 +163,7 @@ class ShardWorker:
                 loaded.append(e)
         good = [ld[0] for ld in loaded if not isinstance(ld, Exception)]
         gaps = iter(self.predictor.logit_gaps(torch.cat(good)) if good else [])
+        crops = []
         for it, ld in zip(items, loaded):
             rel = it["source"]
             try:
@@ -169,15 +173,25 @@ class ShardWorker:
                                         o["fmt"], o["quality"], self.reader)
                 if row["output"] != rel and row["output"] in o["clashes"]:
                     raise DataError(f"{rel}: its output name {row['output']} is already taken by that source")
-                try:
-                    put_whole(self.fs, f"{self.root}/{row['output']}", out, self.mode)
-                except OSError as e:
-                    raise DataError(f"{self.root}/{row['output']}: cannot write the crop of {rel} ({e})") from None
                 row |= {"mtime_ns": it["mtime_ns"], "etag": it["etag"]}
+                crops.append(out)
             except (DataError, OSError, ValueError) as e:
                 row = error_row(rel, rel, e) | {"bytes_in": it.get("size", "")}
+                crops.append(None)
             rows.append(row)
-        return rows
+        return [self.write(row, out) for row, out in zip(rows, crops)] if self.fs_is_local else \
+            list(self.pool.map(self.write, rows, crops))  # PUTs at once: each waits on the network
+
+    def write(self, row, out):
+        """Write one crop whole; a failed write turns its row into an error row."""
+        if out is None:
+            return row
+        try:
+            put_whole(self.fs, f"{self.root}/{row['output']}", out, self.mode)
+            return row
+        except OSError as e:
+            return error_row(row["source"], row["source"],
+                             DataError(f"{self.root}/{row['output']}: cannot write the crop of {row['source']} ({e})"))
 
     def read(self, items):
         from .reading import read_photo
@@ -199,19 +213,27 @@ class ShardWorker:
         return pd.DataFrame({"status": [r["status"] for r in rows]})
 
 
+def fetch(fs, root, url, items):
+    """Each item's bytes from IN, fetched concurrently (s3fs runs the GETs at once); a failed
+    read becomes the item's read_error, so the photo gets its error row."""
+    paths = [f"{root}/{it['source']}" for it in items]
+    got = fs.cat(paths, on_error="return") if paths else {}
+    for it, path in zip(items, paths):
+        data = got.get(path, FileNotFoundError(path))
+        if isinstance(data, Exception):
+            it["bytes"], it["read_error"] = b"", f"{url.rstrip('/')}/{it['source']}: cannot read ({data!r})"
+        else:
+            it["bytes"], it["read_error"] = data, ""
+    return items
+
+
 def fetch_bytes(in_url):
-    """A Ray Data map_batches function: each row's bytes from IN (a failed read is kept as a message)."""
-    def read(batch):  # a pandas batch: bytes stay Python bytes (numpy's "S" type drops trailing NULs)
+    """fetch as a Ray Data map_batches function, on pandas batches (there bytes stay Python bytes:
+    numpy's "S" type would drop a file's trailing NUL bytes)."""
+    def read(batch):
+        import pandas as pd
         fs, root = open_store(in_url)
-        data, errors = [], []
-        for rel in batch["source"]:
-            try:
-                data.append(fs.cat_file(f"{root}/{rel}"))
-                errors.append("")
-            except OSError as e:
-                data.append(b"")
-                errors.append(f"{in_url}/{rel}: cannot read ({e})")
-        return batch.assign(bytes=data, read_error=errors)
+        return pd.DataFrame(fetch(fs, root, in_url, batch.to_dict("records")))
     return read
 
 
@@ -223,10 +245,8 @@ def plan(in_url, out_url, reader=None):
     refuse_out_in_in(fs_in, in_root, fs_out, out_root, in_url, out_url)
     sources = list_sources(fs_in, in_root, in_url)
     parts = _parts(fs_out, f"{out_root}/{PARTS}")
-    merged = {}
-    for path in [f"{out_root}/manifest.csv", *parts]:  # later parts win: a retried shard's row appears once
-        for r in _read_rows(fs_out, path):
-            merged[r["source"]] = r
+    merged = {r["source"]: r for r in _read_rows(fs_out, f"{out_root}/manifest.csv")}
+    merged |= merge_parts(fs_out, f"{out_root}/{PARTS}", "source")  # a killed run's parts
     existing = {p[len(out_root) + 1:] for p in fs_out.find(out_root)} if merged else set()
 
     def done(r):
@@ -310,8 +330,10 @@ def run_id():
 
 
 def merge_parts(fs, prefix, key):
-    """{key: row} of every part under prefix; a source in two parts (a retried shard) once."""
-    return {r[key]: r for path in _parts(fs, prefix) for r in _read_rows(fs, path)}
+    """{key: row} of every part under prefix (fetched at once); a source in two parts (a retried shard) once."""
+    paths = _parts(fs, prefix)
+    got = fs.cat(paths) if paths else {}
+    return {r[key]: r for path in paths for r in parse_manifest(got[path].decode("utf-8", errors="replace"))}
 
 
 def remove_parts(fs, prefix):
@@ -327,20 +349,20 @@ def run(engine, worker_args, in_url, todo, ray_address, actors, shard):
         return run_on_ray(worker_args, in_url, todo, ray_address, actors, shard)
     fs_in, in_root = open_store(in_url)
     worker = ShardWorker(*worker_args)
-    for i in range(0, len(todo), shard):
-        items = [dict(it) for it in todo[i:i + shard]]
-        for it in items:
-            try:
-                it["bytes"] = fs_in.cat_file(f"{in_root}/{it['source']}")
-            except OSError as e:
-                it["read_error"] = f"{in_url}/{it['source']}: cannot read ({e})"
-        worker.work(items)
+    shards = [[dict(it) for it in todo[i:i + shard]] for i in range(0, len(todo), shard)]
+    with ThreadPoolExecutor(1) as pool:  # the next shard downloads while this one is worked on
+        nxt = pool.submit(fetch, fs_in, in_root, in_url, shards[0])
+        for k in range(len(shards)):
+            items = nxt.result()
+            if k + 1 < len(shards):
+                nxt = pool.submit(fetch, fs_in, in_root, in_url, shards[k + 1])
+            worker.work(items)
 
 
 def actor_cpus(cluster_cpus, actors):
     """CPUs reserved per actor, leaving half a CPU to the read tasks: with every CPU held by an
     actor the reads could never be scheduled, and the pipeline would wait forever."""
-    return max(0.25, min(1.0, (cluster_cpus - 0.5) / actors))
+    return max(0.01, min(1.0, (cluster_cpus - 0.5) / actors))
 
 
 def run_on_ray(worker_args, in_url, todo, ray_address, actors, shard):
