@@ -137,6 +137,8 @@ def test_read_over_s3_in_process_never_overwrites(s3, bucket, smoke_run):
     check_readings(s3, bucket, rows)
     with pytest.raises(DataError, match="already exists"):
         archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv", progress=False)
+    with pytest.raises(DataError, match="must not be the input prefix or inside it"):
+        archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/in/r.csv", progress=False)
 
 
 def test_out_inside_in_is_refused_and_a_sibling_prefix_is_not(s3, bucket, smoke_run):

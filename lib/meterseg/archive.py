@@ -312,6 +312,7 @@ def read_archive(checkpoint, in_url, out, engine="local", ray_address=None, acto
     if fs_out.exists(out_path):
         raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
     fs_in, in_root = open_store(in_url)
+    refuse_out_in_in(fs_in, in_root, fs_out, out_path, in_url, out)
     todo = [{"source": rel, **v} for rel, v in list_sources(fs_in, in_root, in_url).items()]
     parts = f"{out_path}.parts"
     options = {"reader": reader, "min_confidence": MIN_CONFIDENCE if min_confidence is None else min_confidence}

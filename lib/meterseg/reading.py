@@ -131,6 +131,7 @@ def load_reader(checkpoint, name="auto"):
     """The recogniser `read` and `compress --read` use: "own" is the CRNN that notebook 06 trained
     and stored in the shipped checkpoint (key "reader"), "rapidocr" the off-the-shelf one, "auto"
     the CRNN when the checkpoint carries one, else rapidocr."""
+    from pathlib import Path
     import torch
     from .checkpoint import CheckpointError
     from .ownreader import OwnReader
@@ -138,6 +139,8 @@ def load_reader(checkpoint, name="auto"):
         raise ValueError(f"unknown reader {name!r}: expected one of {READERS}")
     state = None
     if name != "rapidocr":
+        if not Path(checkpoint).is_file():
+            raise CheckpointError(f"{checkpoint}: no such checkpoint")
         try:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True).get("reader")
         except Exception as e:
