@@ -87,20 +87,19 @@ def check_run(fs, bucket, rows):
     assert not fs.find(f"{bucket}/out/{archive.PARTS}")
 
 
-def test_s3_to_s3_in_process(s3, bucket, smoke_run):
+def test_s3_to_s3_in_process(s3, bucket, smoke_run, capsys):
     before = object_hashes(s3, f"{bucket}/in")
     rows = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
     check_run(s3, bucket, rows)
     assert object_hashes(s3, f"{bucket}/in") == before
-    # a rerun redoes only the bad object; a changed source is redone, its old crop replaced
+    # a rerun redoes only the bad object (error rows are retried) and the source that changed
     s3.pipe_file(f"{bucket}/in/site-b/{PHOTOS[0].name}", PHOTOS[1].read_bytes())
-    again = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
+    capsys.readouterr()
+    again = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out")
+    assert f"{len(rows) - 2} photos already done, 2 to do" in capsys.readouterr().out
     check_run(s3, bucket, again)
     changed = {r["source"]: r for r in again}[f"site-b/{PHOTOS[0].name}"]
     assert changed["sha256"] == hashlib.sha256(PHOTOS[1].read_bytes()).hexdigest()
-    kept = {r["source"]: r for r in rows}
-    assert all(again_r["etag"] == kept[s]["etag"] for s, again_r in ((r["source"], r) for r in again)
-               if s != changed["source"] and again_r["status"] == "ok")
 
 
 def test_s3_to_s3_on_ray(s3, bucket, smoke_run):
