@@ -37,3 +37,17 @@ def test_compress_benchmark_and_breakdown_run_on_the_sample(tmp_path, monkeypatc
     assert "compress (1 unlabelled photos, 1 workers" in out and "| model, batch 8 (as compress runs it) |" in out
     assert "| lossless crop in process (turbojpeg) |" in out
     assert ("| lossless crop (jpegtran subprocess, the fallback) |" in out) == bool(JPEGTRAN)
+
+
+@pytest.mark.skipif(not (REPO / "results" / "models" / "attunet.pt").exists(), reason="no shipped model")
+def test_archive_benchmark_runs_every_engine_on_a_few_photos():
+    """benchmarks/archive.py end to end on 8 photos: moto in its own process, a local Ray cluster, all rows."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "archive.py"), "--photos", "8", "--reps", "1"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for row in ("| local folders, threads (compress) |", "| in-process engine, s3:// -> s3:// (moto) |",
+                "| Ray engine, 1 actor(s), s3:// -> s3:// |", "| Ray engine, 2 actor(s), s3:// -> s3:// |",
+                "S3 (moto) against local files", "Ray, 2 actor(s): "):
+        assert row in r.stdout, row
