@@ -6,7 +6,7 @@ What this adds is the run around it, with the local tool's guarantees restated f
 - An output object appears whole or not at all: one PUT on an object store (a temp file and
   a rename on a local file system).
 - Photos go out in shards. A shard's worker writes its crops, then one part-manifest
-  OUT/_parts/<run>-<shard>.csv listing exactly those photos. The run ends by merging the
+  OUT/_parts/<run>-<random>.csv listing exactly those photos. The run ends by merging the
   parts into OUT/manifest.csv, one row per source (a shard retried by Ray appears twice in
   the parts and once in the manifest), then deletes the parts.
 - A killed run leaves its parts; the rerun merges them first, so what was done is not redone.
@@ -16,23 +16,21 @@ What this adds is the run around it, with the local tool's guarantees restated f
 No lock guards an OUT prefix (object stores have no flock): run one compress per prefix. Two at
 once still leave whole objects and one manifest row per source, but do the work twice.
 """
-import csv
-import io
-from concurrent.futures import ThreadPoolExecutor
 import os
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .compress import (FORMATS, MANIFEST_FIELDS, EXTENSIONS, atomic_write, error_row, new_file_mode, parse_manifest,
-                       photo_result)
+from .compress import (EXTENSIONS, FORMATS, MANIFEST_FIELDS, atomic_write, error_row, new_file_mode, parse_manifest,
+                       photo_result, rows_csv)
 from .config import CROP_MARGIN
 from .photos import PHOTO_EXT, DataError
 from .reading import READ_FIELDS
 
 PARTS = "_parts"  # under OUT: the part-manifests of unfinished runs
-ENGINES = ("local", "ray")
+ENGINES = ("local", "ray")  # cli.py offers these
 SHARD = 32  # photos per shard: the unit of work, of a part-manifest and of what a kill can lose
 
 
@@ -92,14 +90,6 @@ def clash_names(sources):
     m.tiff): the one output name both could claim. Small, so every worker gets it."""
     exts = {e for es in EXTENSIONS.values() for e in es}
     return {s for s in sources if any(s.lower().endswith(e) and s[:-len(e)] in sources for e in exts)}
-
-
-def rows_csv(rows, fields=MANIFEST_FIELDS):
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields)
-    w.writeheader()
-    w.writerows({k: r.get(k, "") for k in fields} for r in rows)
-    return buf.getvalue().encode()
 
 
 def _read_rows(fs, path):
@@ -207,7 +197,7 @@ class ShardWorker:
         return rows
 
     def __call__(self, batch):
-        """Ray Data's map_batches: a pandas batch in, its rows' source and status out."""
+        """Ray Data's map_batches: a pandas batch in, its rows' status out (the rows themselves are in the part)."""
         import pandas as pd
         rows = self.work(batch.to_dict("records"))
         return pd.DataFrame({"status": [r["status"] for r in rows]})

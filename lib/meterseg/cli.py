@@ -155,6 +155,15 @@ def cmd_compress(a):
     return 1 if errors else 0
 
 
+def add_engine_args(parser):
+    """--engine, --ray-address, --actors: the same for compress and read."""
+    from .archive import ENGINES
+    parser.add_argument("--engine", default="local", choices=ENGINES,
+                        help="local: this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    parser.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
+
+
 READER_HELP = ("auto: our CRNN when the checkpoint carries one (notebook 06 stores it), else rapidocr; "
                "own: the CRNN or an error; rapidocr: the off-the-shelf recogniser")
 
@@ -247,10 +256,7 @@ def build_parser():
     c.add_argument("--device", default="auto")
     c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
     c.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
-    c.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local: this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
-    c.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
-    c.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
+    add_engine_args(c)
     c.add_argument("in_dir", help="a folder, or a URL: s3://bucket/prefix, file:///path")
     c.add_argument("out_dir", help="a folder or a URL; AWS_* variables give S3 credentials and endpoint")
     c.set_defaults(func=cmd_compress)
@@ -261,9 +267,7 @@ def build_parser():
     rd.add_argument("--device", default="auto")
     rd.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
     rd.add_argument("--min-confidence", type=float, default=None, help="below it a reading is flagged unreadable")
-    rd.add_argument("--engine", default="local", choices=["local", "ray"], help="as for compress")
-    rd.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
-    rd.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
+    add_engine_args(rd)
     rd.add_argument("photos", nargs="+", help="photos; or one folder or URL prefix, read on --engine")
     rd.set_defaults(func=cmd_read)
 

@@ -147,13 +147,19 @@ def parse_manifest(text):
     return [r for r in rows if None not in r.values() and None not in r]
 
 
+def rows_csv(rows, fields=MANIFEST_FIELDS):
+    """Rows as CSV bytes with a header, missing fields empty: a manifest or a part of one."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows({k: r.get(k, "") for k in fields} for r in rows)
+    return buf.getvalue().encode()
+
+
 def write_manifest(path, rows):
     """Replace the manifest with rows, atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-        w.writeheader()
-        w.writerows({k: r.get(k, "") for k in MANIFEST_FIELDS} for r in rows)
+    tmp.write_bytes(rows_csv(rows))
     os.replace(tmp, path)
 
 
