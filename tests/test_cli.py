@@ -58,10 +58,10 @@ def test_every_config_field_is_a_train_flag():
     values = {"data": "/some/folder", "model": "unet", "gates": "2", "loss": "dice", "loss_weight": "0.5", "size": "48",
               "base": "4", "epochs": "2", "batch_size": "4", "lr": "0.01", "weight_decay": "0.1", "step_size": "1",
               "gamma": "0.5", "schedule": "step", "warmup": "0.5", "max_photos": "3", "seed": "7", "device": "cpu"}
-    flags = {"augment", "prior_init"}  # booleans: --no-augment, --no-prior-init
+    flags = {"augment", "prior_init", "bf16"}  # booleans: --no-augment, --no-prior-init, --no-bf16
     fields = {f.name for f in dataclasses.fields(Config)} - {"profile"} - flags
     assert fields == set(values)  # a new field must be added here, and so to the CLI check
-    argv = ["train", "--profile", "smoke", "--out", "x", "--no-augment", "--no-prior-init"]
+    argv = ["train", "--profile", "smoke", "--out", "x", "--no-augment", "--no-prior-init", "--no-bf16"]
     for k, v in values.items():
         argv += ["--" + k.replace("_", "-"), v]
     a = build_parser().parse_args(argv)
@@ -69,7 +69,7 @@ def test_every_config_field_is_a_train_flag():
     default = make_config("smoke")
     for f in fields | flags:
         assert getattr(cfg, f) != getattr(default, f) or f == "gates", f  # unet drops gates
-    assert cfg.augment is False and cfg.prior_init is False and cfg.model == "unet" and cfg.lr == 0.01
+    assert cfg.augment is False and cfg.prior_init is False and cfg.bf16 is False and cfg.model == "unet" and cfg.lr == 0.01
 
 
 @pytest.mark.parametrize("cmd,flag,bad", [("train", "--loss", "focal"), ("train", "--model", "vit"),

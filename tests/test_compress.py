@@ -305,3 +305,28 @@ def test_without_any_lossless_path_crops_are_reencoded_and_say_so(predictor, pho
     r = rows["zähler 0.jpg"]
     assert r["method"] in ("reencode-png", "copy")
     assert r["output"] == ("zähler 0.jpg.png" if r["method"] == "reencode-png" else "zähler 0.jpg")
+
+
+def test_the_validated_margin_ships_in_the_checkpoint_and_compress_uses_it(smoke_run, photos, tmp_path):
+    """ship_margin stores notebook 05's choice; compress without --margin crops exactly as with it."""
+    import shutil
+    import pandas as pd
+    ck = tmp_path / "attunet.pt"
+    shutil.copyfile(smoke_run[0] / "best.pt", ck)
+    (tmp_path / "README.md").write_text("# attunet.pt\n\n## The reader\n\nkept\n")
+    assert Predictor.load(ck).crop_margin == C.CROP_MARGIN  # a checkpoint without one
+    curve = pd.DataFrame({"margin": [0.0, 0.05], "saving_pct": [90.0, 85.0], "photos_fully_kept_pct": [97.0, 99.5]})
+    for _ in range(2):  # a rerun of notebook 05 replaces the margin, it does not pile up
+        analysis.ship_margin(ck, 0.05, curve)
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("## The crop margin") == 1 and "99.5 %" in text and text.endswith("## The reader\n\nkept\n")
+    assert text.startswith("# attunet.pt\n\n## The crop margin")
+    shipped = Predictor.load(ck)
+    assert shipped.crop_margin == 0.05
+    by_default = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "a", progress=False)}
+    explicit = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "b", 0.05, progress=False)}
+    wider = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "c", 0.5, progress=False)}
+    box = lambda r: [r[k] for k in ("x0", "y0", "x1", "y1")]  # noqa: E731
+    ok = [s for s, r in by_default.items() if r["status"] == "ok"]
+    assert ok and all(box(by_default[s]) == box(explicit[s]) for s in ok)
+    assert any(box(by_default[s]) != box(wider[s]) for s in ok)  # the margin does reach the crops

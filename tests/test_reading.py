@@ -57,6 +57,33 @@ def test_label_readings_and_digit_accuracy_by_hand(tmp_path):
     assert reading.plausible("12345", 0.9, 0.5) == "ok"
 
 
+class ScriptedReader:
+    """Answers the given (digits, confidence) reads in turn and keeps the strips it was shown."""
+
+    def __init__(self, reads):
+        self.reads, self.strips = list(reads), []
+
+    def read(self, image):
+        self.strips.append(image)
+        return self.reads.pop(0)
+
+
+def test_read_quad_votes_by_summed_confidence_by_hand():
+    img = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    quad = np.array([(40, 50), (240, 50), (240, 90), (40, 90)], float)
+    # 12345: 0.6 + 0.5 = 1.1 beats 12349: 0.9 alone; a 4-digit read does not vote
+    r = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
+    assert reading.read_quad(r, img, quad, votes=4, jitter=3.0) == ("12345", pytest.approx(0.55))
+    assert np.array_equal(r.strips[0], reading.rectify(img, quad))  # the first read is the quad itself
+    assert not np.array_equal(r.strips[1], r.strips[0])  # the others are jittered
+    again = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
+    reading.read_quad(again, img, quad, votes=4, jitter=3.0)
+    assert all(np.array_equal(a, b) for a, b in zip(r.strips, again.strips))  # same jitters every time
+    # no read of DIGITS digits: the quad's own read, as it came
+    assert reading.read_quad(ScriptedReader([("12", 0.3), ("123", 0.9)]), img, quad, votes=2) == ("12", 0.3)
+    assert reading.read_quad(ScriptedReader([("54321", 0.7)]), img, quad, votes=1) == ("54321", 0.7)
+
+
 @pytest.fixture(scope="module")
 def reader():
     return reading.Reader()

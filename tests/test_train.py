@@ -45,6 +45,14 @@ def test_same_seed_same_metrics(tmp_path):
     assert c["test"] != a["test"]
 
 
+def test_bf16_training_changes_the_numbers_not_the_result(tmp_path):
+    """--no-bf16 trains in fp32: other losses to the digit, about the same Dice (the smoke run is bf16)."""
+    bf = train(tiny_config(epochs=4), tmp_path / "bf16")
+    fp = train(tiny_config(epochs=4, bf16=False), tmp_path / "fp32")
+    assert bf["test"] != fp["test"]
+    assert abs(bf["test"]["dice"] - fp["test"]["dice"]) < 0.1 and min(bf["test"]["dice"], fp["test"]["dice"]) > 0.5
+
+
 def test_kill_9_then_resume_gives_the_same_result(tmp_path):
     args = dict(size=64, base=8, epochs=5, step_size=2)
     ref = train(tiny_config(**args), tmp_path / "ref")

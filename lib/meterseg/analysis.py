@@ -1,5 +1,6 @@
 """What notebook 05 reports: savings by crop margin, by format, baselines at equal bytes, an archive."""
 import io
+import re
 import tempfile
 from pathlib import Path
 
@@ -135,6 +136,27 @@ def choose_margin(by_margin, target_pct=99.0):
     curve = margin_curve(by_margin)
     ok = curve[curve["photos_fully_kept_pct"] >= target_pct]
     return float(ok["margin"].min() if len(ok) else curve["margin"].max())
+
+
+def ship_margin(checkpoint, margin, val_curve):
+    """Store the margin chosen on validation in the shipped checkpoint's config, so that `compress` uses
+    it by default (Predictor.crop_margin); its README gets the validation figures behind it."""
+    import json
+    from .checkpoint import save_checkpoint
+    checkpoint = Path(checkpoint)
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    ck["config"] = json.dumps({**json.loads(ck["config"]), "crop_margin": margin})
+    save_checkpoint(checkpoint, ck)
+    kept = val_curve.set_index("margin")["photos_fully_kept_pct"][margin]
+    readme = checkpoint.with_name("README.md")
+    sections = [x for x in re.split(r"(?=\n## )", readme.read_text()) if not x.startswith("\n## The crop margin")]
+    at = next((i for i, x in enumerate(sections) if x.startswith("\n## The reader")), len(sections))  # notebook 06's, last
+    sections.insert(at, "\n## The crop margin\n\n"
+        f"`compress` grows the region's box by {margin} x its longer side unless `--margin` says otherwise: the "
+        f"smallest margin tried that keeps the whole labelled region on >= 99 % of the validation photos "
+        f"({kept:.1f} %; notebook 05, results/tables/05_val_crops_by_margin.csv).\n")
+    readme.write_text("".join(sections))
+    return checkpoint
 
 
 def saving_at(by_margin, margin):

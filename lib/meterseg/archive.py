@@ -25,7 +25,6 @@ from pathlib import Path
 
 from .compress import (EXTENSIONS, FORMATS, MANIFEST_FIELDS, atomic_write, error_row, new_file_mode, parse_manifest,
                        photo_result, rows_csv)
-from .config import CROP_MARGIN
 from .photos import PHOTO_EXT, DataError
 from .reading import READ_FIELDS
 
@@ -105,7 +104,7 @@ def _parts(fs, prefix):
 
 class ShardWorker:
     """Loads the model (and reader) once; each call does one shard and writes its part-manifest.
-    job "compress": crop and write each photo (options: margin, fmt, quality, clashes, reader);
+    job "compress": crop and write each photo (options: margin (None: the checkpoint's), fmt, quality, clashes, reader);
     job "read": read each meter (options: reader, min_confidence). The Ray engine runs one
     worker per actor, the local engine one in process."""
 
@@ -159,7 +158,8 @@ class ShardWorker:
             try:
                 if isinstance(ld, Exception):
                     raise ld
-                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1], o["margin"],
+                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1],
+                                         self.predictor.crop_margin if o["margin"] is None else o["margin"],
                                         o["fmt"], o["quality"], self.reader)
                 if row["output"] != rel and row["output"] in o["clashes"]:
                     raise DataError(f"{rel}: its output name {row['output']} is already taken by that source")
@@ -260,7 +260,7 @@ def list_sources(fs_in, in_root, in_url):
     return list_photos(fs_in, in_root)
 
 
-def compress_archive(checkpoint, in_url, out_url, margin=CROP_MARGIN, fmt="lossless", quality=90, engine="local",
+def compress_archive(checkpoint, in_url, out_url, margin=None, fmt="lossless", quality=90, engine="local",
                      ray_address=None, actors=None, reader=None, shard=SHARD, progress=True):
     """Crop every photo under IN into OUT and write OUT/manifest.csv; returns the manifest's rows.
 

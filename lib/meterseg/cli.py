@@ -249,7 +249,8 @@ def build_parser():
 
     c = sub.add_parser("compress", help="crop photos to the predicted reading region, with a manifest")
     c.add_argument("--checkpoint", required=True)
-    c.add_argument("--margin", type=float, default=CROP_MARGIN, help="growth of the box, as a share of its longer side")
+    c.add_argument("--margin", type=float, help="growth of the box, as a share of its longer side (default: the one "
+                   f"notebook 05 chose on validation, stored in the checkpoint; {CROP_MARGIN} for a checkpoint without)")
     c.add_argument("--format", default="lossless", choices=FORMATS)
     c.add_argument("--quality", type=int, default=90)
     c.add_argument("--workers", type=int)

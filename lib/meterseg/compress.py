@@ -178,10 +178,11 @@ def _unchanged(row, src):
         return False
 
 
-def compress(predictor, in_dir, out_dir, margin=CROP_MARGIN, fmt="lossless", quality=90, workers=None,
+def compress(predictor, in_dir, out_dir, margin=None, fmt="lossless", quality=90, workers=None,
              progress=True, batch=8, reader=None):
     """Crop every photo under in_dir into out_dir and write out_dir/manifest.csv; returns its rows.
 
+    margin: None for the predictor's (its checkpoint's validated margin, else CROP_MARGIN).
     reader (a reading.Reader): also read each meter into reading, reading_confidence and
     reading_status (the crop stays the lossless box crop); rows done without a reading are redone.
 
@@ -200,7 +201,7 @@ def compress(predictor, in_dir, out_dir, margin=CROP_MARGIN, fmt="lossless", qua
     except OSError as e:
         raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     with output_lock(out_dir), ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        return _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader)
+        return _compress(predictor, in_dir, out_dir, predictor.crop_margin if margin is None else margin, fmt, quality, pool, progress, batch, reader)
 
 
 def read_fields(predictor, reader, data, name, gap, orig, lock):

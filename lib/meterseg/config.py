@@ -8,8 +8,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The paper's constants (Sec. III-C, IV-B) and ours that more than one module reads.
 PAPER_LOSS_WEIGHT = 0.36  # eq. (3): 0.36 * (CE + Dice)
-CROP_MARGIN = 0.15  # compress grows the region's box by this share of its longer side: chosen on validation
-# (the smallest margin keeping the whole region on >= 99 % of validation photos; results/tables/05_val_crops_by_margin.csv)
+CROP_MARGIN = 0.15  # compress grows the region's box by this share of its longer side, for a checkpoint that
+# carries no margin of its own; notebook 05 stores in the shipped one the margin chosen on its validation photos
 QUALITY_THRESHOLDS = (0.90, 0.93)  # validation Dice levels for time-to-quality
 FLAT_TOLERANCE = 0.005  # a run has flattened when its last two epochs' validation Dice differ by at most this
 DEFAULT_PROFILE = "cpu"  # the profile whose results are committed under results/
@@ -36,6 +36,8 @@ class Config:
     warmup: float = 1.0  # cosine: epochs of linear warm-up before the cosine decay to 0
     augment: bool = True  # random horizontal flips
     prior_init: bool = True  # start the head at the train split's foreground share (models.UNet.start_at_prior)
+    bf16: bool = True  # train under bf16 autocast (weights, optimizer and loss stay fp32); --no-bf16 where the CPU
+    # lacks bf16 units, where it is slower than fp32 (benchmarks/README.md)
     max_photos: int = 0  # cap on training photos (0 = all), for quick runs
     seed: int = 0
     device: str = "auto"

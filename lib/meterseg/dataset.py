@@ -112,7 +112,7 @@ def load_dataset(root, size, cache_dir=None, progress=False):
         "errors": errors,
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs may build the same cache at once
     torch.save(ds, tmp)
     os.replace(tmp, cache)
     return ds

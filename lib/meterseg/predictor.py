@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_model
+from .config import CROP_MARGIN
 from .photos import load_photo
 
 
@@ -116,6 +117,8 @@ class Predictor:
     def __init__(self, model, cfg, device="cpu"):
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.size = cfg["size"]
+        # compress's margin: the one notebook 05 chose on validation for this model (analysis.ship_margin)
+        self.crop_margin = cfg.get("crop_margin", CROP_MARGIN)
 
     @classmethod
     def load(cls, checkpoint, device="auto", expect=None):

@@ -11,6 +11,8 @@ DIGITS = 5  # a water-meter counter shows 5 wheels
 MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
 READ_FIELDS = ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
 REFINE_MARGIN = 1.0  # second pass on the region's box grown by this; chosen on validation (README, Protocol)
+VOTES = 9  # reads of a predicted quad: itself and 8 copies with jittered corners; chosen on validation
+VOTE_JITTER_PX = 4.0  # their corners' Gaussian jitter (sd, photo pixels); chosen on validation
 
 
 def order_corners(pts):
@@ -87,6 +89,25 @@ def rectify(image, quad, height=STRIP_HEIGHT):
     dst = np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], np.float32)
     return cv2.warpPerspective(np.ascontiguousarray(image), cv2.getPerspectiveTransform(q, dst), (width, height),
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def read_quad(reader, image, quad, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0):
+    """(digits, confidence) of the quad of an RGB uint8 image, voted over `votes` reads of its strip:
+    the quad itself and copies whose corners are moved by N(0, jitter) px, since predicted corners
+    are off by a few pixels. The DIGITS-digit reading with the highest summed confidence wins, with
+    its mean confidence; when no read has DIGITS digits, the quad's own read is returned."""
+    quad = np.asarray(quad, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    reads = [reader.read(rectify(image, q)) for q in [quad] + [quad + rng.normal(0, jitter, quad.shape)
+                                                             for _ in range(votes - 1)]]
+    tally = {}
+    for digits, conf in reads:
+        if len(digits) == DIGITS:
+            tally.setdefault(digits, []).append(conf)
+    if not tally:
+        return reads[0]
+    best = max(tally, key=lambda d: sum(tally[d]))
+    return best, float(np.mean(tally[best]))
 
 
 def label_readings(path):
@@ -166,7 +187,7 @@ def read_photo(predictor, reader, path, data=None, min_confidence=MIN_CONFIDENCE
     quad, image = photo_quad(predictor, path, data)
     row = {"status": "no_region", "reading": "", "confidence": 0.0, **{f"{a}{i}": "" for i in range(4) for a in "xy"}}
     if quad is not None:
-        reading, conf = reader.read(rectify(np.asarray(image), quad))
+        reading, conf = read_quad(reader, np.asarray(image), quad)
         row.update(status=plausible(reading, conf, min_confidence), reading=reading, confidence=round(conf, 4),
                    **{f"{a}{i}": round(float(quad[i][j]), 1) for i in range(4) for j, a in enumerate("xy")})
     row["seconds"] = time.perf_counter() - t0

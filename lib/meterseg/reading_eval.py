@@ -11,15 +11,16 @@ from PIL import Image
 from .compress import crop_photo
 from .config import CROP_MARGIN
 from .photos import open_photo, read_label, to_rgb
-from .reading import corner_error, digit_accuracy, label_readings, photo_quad, predict_quad, rectify
+from .reading import VOTE_JITTER_PX, VOTES, corner_error, digit_accuracy, label_readings, photo_quad, predict_quad, read_quad
 
 WAYS = ("whole photo", "box crop (compress)", "rectified labelled quad (ceiling)",
         "rectified predicted quad (the tool)", "stored crop, rectified predicted quad")
 
 
-def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN):
+def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=VOTES):
     """One row per photo and way: reading, confidence, exact, per-digit accuracy, seconds; and the
-    predicted quad's corner error in photo pixels."""
+    predicted quad's corner error in photo pixels. Predicted quads are read as the tool reads them
+    (voted over `votes` jittered reads); the labelled quad, the ceiling, once."""
     rows = []
     for photo, label in zip(photos, labels):
         photo = Path(photo)
@@ -35,21 +36,20 @@ def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN):
         t_quad = time.perf_counter() - t0
         crop_bytes, f = crop_photo(data, photo, gap, orig, margin)
         crop = np.asarray(Image.open(io.BytesIO(crop_bytes)).convert("RGB"))
-        views = {WAYS[0]: (image, 0.0), WAYS[1]: (crop, 0.0), WAYS[2]: (rectify(image, truth_quad), 0.0)}
+        # way: (image, quad to rectify and read or None, reads voted over, seconds spent before reading)
+        views = {WAYS[0]: (image, None, 1, 0.0), WAYS[1]: (crop, None, 1, 0.0), WAYS[2]: (image, truth_quad, 1, 0.0)}
         if quad is not None:
-            t1 = time.perf_counter()
-            strip = rectify(image, quad)
-            views[WAYS[3]] = (strip, t_quad + time.perf_counter() - t1)
-            views[WAYS[4]] = (rectify(crop, quad - np.array([f["x0"], f["y0"]])), 0.0)
+            views[WAYS[3]] = (image, quad, votes, t_quad)
+            views[WAYS[4]] = (crop, quad - np.array([f["x0"], f["y0"]]), votes, 0.0)
         for way in WAYS:
             row = {"image": photo.stem, "way": way, "candidates": " ".join(candidates),
                    "corner_error_px": corner_error(quad, truth_quad) if quad is not None else np.nan}
             if way not in views:
                 rows.append(row | {"reading": "", "confidence": 0.0, "exact": False, "digit_acc": 0.0, "seconds": np.nan})
                 continue
-            view, before = views[way]
+            view, q, n, before = views[way]
             t = time.perf_counter()
-            reading, conf = reader.read(view)
+            reading, conf = reader.read(view) if q is None else read_quad(reader, view, q, n)
             rows.append(row | {"reading": reading, "confidence": conf, "exact": reading in candidates,
                                "digit_acc": digit_accuracy(reading, candidates),
                                "seconds": before + time.perf_counter() - t})
@@ -105,6 +105,18 @@ def train_own_reader(cfg, predictor, epochs=20, jitter=8.0, copies=3, seed=0):
     xv, yv = labelled_strips(vp, vl, quads=[photo_quad(predictor, p)[0] for p in vp])
     model, history = train_reader(x, ys, xv, yv, epochs=epochs, seed=seed)
     return OwnReader(model), pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
+
+
+def voting_on_validation(predictor, reader, photos, labels, settings=((1, 0.0), (5, 4.0), (9, 2.0), (9, 4.0), (9, 8.0))):
+    """Exact readings (%) of the validation photos' predicted quads for each (votes, jitter px): the
+    check behind reading.VOTES and VOTE_JITTER_PX. Quads are predicted once per photo."""
+    rows, quads = [], [photo_quad(predictor, p) for p in photos]
+    for votes, jitter in settings:
+        exact = [qi[0] is not None and read_quad(reader, np.asarray(qi[1]), qi[0], votes, jitter)[0] in label_readings(l)
+                 for qi, l in zip(quads, labels)]
+        rows.append({"votes": votes, "jitter_px": jitter, "photos": len(exact), "val_exact_pct": 100 * np.mean(exact),
+                     "shipped": (votes, jitter) == (VOTES, VOTE_JITTER_PX)})
+    return pd.DataFrame(rows)
 
 
 def ship_reader(checkpoint, own, history, accuracy):

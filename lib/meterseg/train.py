@@ -177,14 +177,15 @@ def train(cfg, out_dir, progress=None):
                 f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 x, y = torch.where(f[:, None, None, None], x.flip(-1), x), torch.where(f[:, None, None], y.flip(-1), y)
             x, y = to_input(x, device), y.to(device, non_blocking=True)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = loss_fn(model(x), y)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(x)
+            loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item()
-            bar.set_postfix(loss=f"{total / (b + 1):.4f}")
+            bar.set_postfix(loss=f"{total / (b + 1):.4f}", refresh=False)  # refresh=True would print every batch into a notebook
         lr = opt.param_groups[0]["lr"]  # where the epoch ended
         dice = val_dice(predictor, ds, idx["val"])
         history.append({"epoch": epoch + 1, "train_loss": total / n_batches, "val_dice": dice, "lr": lr,
