@@ -130,6 +130,33 @@ def test_compress_read_adds_the_reading_columns(tmp_path, smoke_run, reader):
     assert len(rows) == 2
 
 
+class NinthReader:
+    """A stand-in recogniser: every ninth read (the first of each photo's vote) says 00000 at 0.9,
+    the others 11111 at 0.5, so one read and a vote of 9 give different readings."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def read(self, image):
+        self.calls += 1
+        return ("00000", 0.9) if self.calls % 9 == 1 else ("11111", 0.5)
+
+
+def test_compress_read_reads_as_read_does(tmp_path, smoke_run, synthetic):
+    """compress --read gives a photo the reading read gives it: the same quad, the same vote."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for p in sorted((synthetic / "train_imgs").glob("*.jpg"))[:4]:
+        (src / p.name).write_bytes(p.read_bytes())
+    predictor = Predictor.load(smoke_run[0] / "best.pt", "cpu")
+    compress(predictor, src, tmp_path / "out", progress=False, reader=NinthReader())
+    rows = read_manifest(tmp_path / "out" / "manifest.csv")
+    assert sum(r["reading_status"] == "ok" for r in rows) >= 3
+    for r in rows:
+        assert r["reading"] == reading.read_photo(predictor, NinthReader(), src / r["source"])["reading"], r["source"]
+        assert r["reading"] in ("", "11111")
+
+
 def test_greedy_ctc_decode_by_hand():
     import torch
     from meterseg.ownreader import BLANK, greedy_decode

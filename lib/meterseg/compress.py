@@ -207,13 +207,13 @@ def compress(predictor, in_dir, out_dir, margin=None, fmt="lossless", quality=90
 def read_fields(predictor, reader, data, name, gap, orig, lock):
     """The manifest's reading columns of one photo (the tool's way: quad, upright strip, digits)."""
     import numpy as np
-    from .reading import MIN_CONFIDENCE, plausible, predict_quad, rectify
+    from .reading import MIN_CONFIDENCE, plausible, predict_quad, read_quad
     image = to_rgb(open_photo(name, data), name)
     with lock:  # one recogniser (and the model's second pass) shared by the worker threads
         quad = predict_quad(predictor, image, gap, orig)
         if quad is None:
             return {"reading": "", "reading_confidence": 0.0, "reading_status": "no_region"}
-        reading, conf = reader.read(rectify(np.asarray(image), quad))
+        reading, conf = read_quad(reader, np.asarray(image), quad)
     return {"reading": reading, "reading_confidence": round(conf, 4),
             "reading_status": plausible(reading, conf, MIN_CONFIDENCE)}
 

@@ -19,8 +19,8 @@ WAYS = ("whole photo", "box crop (compress)", "rectified labelled quad (ceiling)
 
 def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=VOTES):
     """One row per photo and way: reading, confidence, exact, per-digit accuracy, seconds; and the
-    predicted quad's corner error in photo pixels. Predicted quads are read as the tool reads them
-    (voted over `votes` jittered reads); the labelled quad, the ceiling, once."""
+    predicted quad's corner error in photo pixels. Quads, labelled (the ceiling: the tool's reading
+    given the right corners) and predicted, are read as the tool reads them: voted over `votes` reads."""
     rows = []
     for photo, label in zip(photos, labels):
         photo = Path(photo)
@@ -37,7 +37,7 @@ def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=V
         crop_bytes, f = crop_photo(data, photo, gap, orig, margin)
         crop = np.asarray(Image.open(io.BytesIO(crop_bytes)).convert("RGB"))
         # way: (image, quad to rectify and read or None, reads voted over, seconds spent before reading)
-        views = {WAYS[0]: (image, None, 1, 0.0), WAYS[1]: (crop, None, 1, 0.0), WAYS[2]: (image, truth_quad, 1, 0.0)}
+        views = {WAYS[0]: (image, None, 1, 0.0), WAYS[1]: (crop, None, 1, 0.0), WAYS[2]: (image, truth_quad, votes, 0.0)}
         if quad is not None:
             views[WAYS[3]] = (image, quad, votes, t_quad)
             views[WAYS[4]] = (crop, quad - np.array([f["x0"], f["y0"]]), votes, 0.0)
@@ -89,7 +89,8 @@ def verdict(acc, own=None):
             f"stored crop {stored:.1f} %.\n"
             f"The crop helps a recogniser only when it is tight and straightened: the box crop adds {box - whole:+.1f} "
             f"points over the whole photo, the rectified predicted quad {tool - whole:+.1f}. The tool is "
-            f"{ceiling - tool:.1f} points below the ceiling; storing the crop losslessly costs {tool - stored:+.1f} points."
+            f"{abs(ceiling - tool):.1f} points {'below' if ceiling >= tool else 'above'} the ceiling; storing the crop "
+            f"losslessly costs {tool - stored:.1f} points."
             + ("" if own is None else f"\nOur own CRNN: rectified labelled quad {own['exact_pct'][WAYS[2]]:.1f} %, "
                f"rectified predicted quad {own['exact_pct'][WAYS[3]]:.1f} %, stored crop {own['exact_pct'][WAYS[4]]:.1f} %."))
 
