@@ -36,8 +36,8 @@ class Config:
     warmup: float = 1.0  # cosine: epochs of linear warm-up before the cosine decay to 0
     augment: bool = True  # random horizontal flips
     prior_init: bool = True  # start the head at the train split's foreground share (models.UNet.start_at_prior)
-    bf16: bool = True  # train under bf16 autocast (weights, optimizer and loss stay fp32); --no-bf16 where the CPU
-    # lacks bf16 units, where it is slower than fp32 (benchmarks/README.md)
+    bf16: bool = True  # train under bf16 autocast (weights, optimizer and loss stay fp32); --no-bf16 where that is
+    # faster, as it may be on a CPU without bf16 units (benchmarks/bf16_training.py)
     max_photos: int = 0  # cap on training photos (0 = all), for quick runs
     seed: int = 0
     device: str = "auto"
