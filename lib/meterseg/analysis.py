@@ -1,6 +1,5 @@
 """What notebook 05 reports: savings by crop margin, by format, baselines at equal bytes, an archive."""
 import io
-import re
 import tempfile
 from pathlib import Path
 
@@ -142,21 +141,12 @@ def ship_margin(checkpoint, margin, val_curve):
     """Store the margin chosen on validation in the shipped checkpoint's config, so that `compress` uses
     it by default (Predictor.crop_margin); its README gets the validation figures behind it."""
     import json
-    from .checkpoint import save_checkpoint
-    checkpoint = Path(checkpoint)
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    ck["config"] = json.dumps({**json.loads(ck["config"]), "crop_margin": margin})
-    save_checkpoint(checkpoint, ck)
+    from .checkpoint import amend_shipped
     kept = val_curve.set_index("margin")["photos_fully_kept_pct"][margin]
-    readme = checkpoint.with_name("README.md")
-    sections = [x for x in re.split(r"(?=\n## )", readme.read_text()) if not x.startswith("\n## The crop margin")]
-    at = next((i for i, x in enumerate(sections) if x.startswith("\n## The reader")), len(sections))  # notebook 06's, last
-    sections.insert(at, "\n## The crop margin\n\n"
-        f"`compress` grows the region's box by {margin} x its longer side unless `--margin` says otherwise: the "
-        f"smallest margin tried that keeps the whole labelled region on >= 99 % of the validation photos "
-        f"({kept:.1f} %; notebook 05, results/tables/05_val_crops_by_margin.csv).\n")
-    readme.write_text("".join(sections))
-    return checkpoint
+    return amend_shipped(checkpoint, lambda ck: ck.update(config=json.dumps({**json.loads(ck["config"]), "crop_margin": margin})),
+        "The crop margin", f"`compress` grows the region's box by {margin} x its longer side unless `--margin` says otherwise: "
+        f"the smallest margin tried that keeps the whole labelled region on >= 99 % of the validation photos ({kept:.1f} %; "
+        "notebook 05, results/tables/05_val_crops_by_margin.csv).\n")
 
 
 def saving_at(by_margin, margin):

@@ -158,8 +158,7 @@ class ShardWorker:
             try:
                 if isinstance(ld, Exception):
                     raise ld
-                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1],
-                                         self.predictor.crop_margin if o["margin"] is None else o["margin"],
+                out, row = photo_result(self.predictor, rel, rel, it["bytes"], next(gaps), ld[1], o["margin"],
                                         o["fmt"], o["quality"], self.reader)
                 if row["output"] != rel and row["output"] in o["clashes"]:
                     raise DataError(f"{rel}: its output name {row['output']} is already taken by that source")

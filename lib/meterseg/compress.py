@@ -201,27 +201,24 @@ def compress(predictor, in_dir, out_dir, margin=None, fmt="lossless", quality=90
     except OSError as e:
         raise DataError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
     with output_lock(out_dir), ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        return _compress(predictor, in_dir, out_dir, predictor.crop_margin if margin is None else margin, fmt, quality, pool, progress, batch, reader)
+        return _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader)
 
 
 def read_fields(predictor, reader, data, name, gap, orig, lock):
     """The manifest's reading columns of one photo (the tool's way: quad, upright strip, digits)."""
-    import numpy as np
-    from .reading import MIN_CONFIDENCE, plausible, predict_quad, read_quad
+    from .reading import read_region
     image = to_rgb(open_photo(name, data), name)
     with lock:  # one recogniser (and the model's second pass) shared by the worker threads
-        quad = predict_quad(predictor, image, gap, orig)
-        if quad is None:
-            return {"reading": "", "reading_confidence": 0.0, "reading_status": "no_region"}
-        reading, conf = read_quad(reader, np.asarray(image), quad)
-    return {"reading": reading, "reading_confidence": round(conf, 4),
-            "reading_status": plausible(reading, conf, MIN_CONFIDENCE)}
+        _, reading, conf, status = read_region(predictor, reader, image, gap, orig)
+    return {"reading": reading, "reading_confidence": conf, "reading_status": status}
 
 
-def photo_result(predictor, rel, name, data, gap, orig, margin=CROP_MARGIN, fmt="lossless", quality=90,
+def photo_result(predictor, rel, name, data, gap, orig, margin=None, fmt="lossless", quality=90,
                  reader=None, reader_lock=None):
     """The per-photo work every engine shares: (crop bytes, manifest row) from a photo's bytes and its
-    logit gap. The row names the output the crop is to be written to; the caller writes it."""
+    logit gap (margin None: the predictor's). The row names the output the crop is to be written to;
+    the caller writes it."""
+    margin = predictor.crop_margin if margin is None else margin
     out, fields = crop_photo(data, name, gap, orig, margin, fmt, quality)
     row = {k: "" for k in MANIFEST_FIELDS} | {"source": rel, "bytes_in": len(data), "sha256": sha256_bytes(data)}
     row |= fields | {"bytes_out": len(out), "output": output_name(rel, fields["method"])}

@@ -180,16 +180,24 @@ def plausible(reading, confidence, min_confidence):
     return "ok"
 
 
+def read_region(predictor, reader, image, gap, orig, min_confidence=MIN_CONFIDENCE):
+    """The tool's reading of a photo (PIL RGB) from its first-pass logit gap, for `read` and
+    `compress --read` alike: (corners or None, digits, confidence rounded to 4 places, status)."""
+    quad = predict_quad(predictor, image, gap, orig)
+    if quad is None:
+        return None, "", 0.0, "no_region"
+    reading, conf = read_quad(reader, np.asarray(image), quad)
+    return quad, reading, round(conf, 4), plausible(reading, conf, min_confidence)
+
+
 def read_photo(predictor, reader, path, data=None, min_confidence=MIN_CONFIDENCE):
     """The whole tool on one photo: region, quad, strip, digits. A dict with status, reading,
     confidence, corners x0..y3 (photo pixels) and seconds. Raises DataError on a bad photo."""
+    from .photos import open_photo, to_rgb
     t0 = time.perf_counter()
-    quad, image = photo_quad(predictor, path, data)
-    row = {"status": "no_region", "reading": "", "confidence": 0.0, **{f"{a}{i}": "" for i in range(4) for a in "xy"}}
-    if quad is not None:
-        reading, conf = read_quad(reader, np.asarray(image), quad)
-        row.update(status=plausible(reading, conf, min_confidence), reading=reading, confidence=round(conf, 4),
-                   **{f"{a}{i}": round(float(quad[i][j]), 1) for i in range(4) for j, a in enumerate("xy")})
-    row["seconds"] = time.perf_counter() - t0
-    return row
+    x, orig = predictor.inputs(path, data)
+    image = to_rgb(open_photo(path, data), path)
+    quad, reading, conf, status = read_region(predictor, reader, image, predictor.logit_gaps(x)[0], orig, min_confidence)
+    corners = {f"{a}{i}": "" if quad is None else round(float(quad[i][j]), 1) for i in range(4) for j, a in enumerate("xy")}
+    return {"status": status, "reading": reading, "confidence": conf, **corners, "seconds": time.perf_counter() - t0}
 

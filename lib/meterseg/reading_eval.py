@@ -123,24 +123,17 @@ def voting_on_validation(predictor, reader, photos, labels, settings=((1, 0.0), 
 def ship_reader(checkpoint, own, history, accuracy):
     """Store our CRNN inside the shipped checkpoint (one shipped file: region and reading), so that
     `meterseg read` and `compress --read` use it; its README gets the reader's figures."""
-    import torch
-    from .checkpoint import save_checkpoint
-    checkpoint = Path(checkpoint)
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    from .checkpoint import amend_shipped
     best = history.loc[history["val_exact"].idxmax()]
-    ck["reader"] = own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]))
-    save_checkpoint(checkpoint, ck)
-    readme = checkpoint.with_name("README.md")
-    text = readme.read_text().split("\n## The reader")[0].rstrip("\n")
     e = accuracy["exact_pct"]
-    readme.write_text(text + "\n\n## The reader\n\n"
+    return amend_shipped(checkpoint, lambda ck: ck.update(reader=own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]))),
+        "The reader",
         f"Key `reader`: our CRNN (notebook 06), trained on the train split's rectified labelled quads, epoch "
         f"{int(best['epoch'])} chosen by exact readings of the validation split's predicted quads ({100 * best['val_exact']:.1f} %). "
         f"Exact readings on the test split ({int(accuracy['photos'].iloc[0])} photos): rectified predicted quad "
         f"{e[WAYS[3]]:.1f} %, rectified labelled quad {e[WAYS[2]]:.1f} %.\n\n"
         "Use: `meterseg read --checkpoint results/models/attunet.pt --out readings.csv photo.jpg` "
         "(`--reader rapidocr` for the off-the-shelf recogniser)\n")
-    return checkpoint
 
 
 def compare_readers(off_the_shelf, own):
