@@ -19,7 +19,7 @@ def test_train_all_in_worker_processes_then_reused(tmp_path, monkeypatch, synthe
     specs = [(0, dict(epochs=2, max_photos=8)), (0, dict(model="unet", epochs=2, max_photos=8))]
     monkeypatch.setattr(study, "study_runs", lambda profile, seeds: specs)
     first = study.train_all(tmp_path, "smoke", [0], data=str(synthetic), jobs=2)
-    assert [s["run"] for s in first] == ["attunet-g12-combo-s0", "unet-nogate-combo-s0"]
+    assert [s["run"] for s in first] == ["attunet-g12-combo-s0-e2", "unet-nogate-combo-s0-e2"]  # not smoke's 15 epochs
     threads = max(1, os.cpu_count() // 2)
     assert all(f"{threads} threads" in s["device"] for s in first)
     prov = json.loads((tmp_path / "provenance.json").read_text())["train_all"]
@@ -63,3 +63,39 @@ def test_a_relative_data_folder_reaches_the_notebooks(tmp_path, monkeypatch, syn
     from meterseg.dataset import find_data, load_dataset
     ds = load_dataset(find_data(), 16)
     assert all(os.path.isabs(p) for p in ds["photos"])  # the cache holds paths that work from any folder
+
+
+def _fake_run(results, name, seed, val_dice, content):
+    """A finished run as load_run and ship_model read it, with a best.pt that says which run it is."""
+    from meterseg.metrics import METRICS
+    d = study.runs_dir(results, "smoke") / name
+    d.mkdir(parents=True)
+    test = {"n": 3, "pooled_dice": 0.5, **{m: 0.5 for m in METRICS}, **{m + "_sd": 0.1 for m in METRICS}}
+    (d / "summary.json").write_text(json.dumps({"run": name, "seed": seed, "best_val_dice": val_dice, "best_epoch": 2,
+                                                "test": test, "git_commit": "abc", "device": "cpu", "train_seconds": 1.0}))
+    (d / "history.csv").write_text("epoch,train_loss,val_dice,lr,seconds\n1,0.5,0.4,0.001,1.0\n")
+    (d / "test_metrics.csv").write_text("image,dice\na,0.5\n")
+    (d / "best.pt").write_bytes(content)
+    return json.loads((d / "summary.json").read_text())
+
+
+def test_ship_model_trains_the_validation_best_seed_longer_and_ships_the_best_on_validation(tmp_path, monkeypatch):
+    for long_val, shipped in ((0.95, b"long"), (0.92, b"s1")):
+        res = tmp_path / str(long_val)
+        _fake_run(res, "attunet-g12-combo-s0", 0, 0.90, b"s0")
+        _fake_run(res, "attunet-g12-combo-s1", 1, 0.93, b"s1")
+        _fake_run(res, "attunet-g12-combo-s2", 2, 0.91, b"s2")
+        asked = []
+
+        def longer(results, profile, seed, data="", **fields):
+            asked.append((seed, fields))
+            return json.loads((study.runs_dir(results, profile) / f"attunet-g12-combo-s{seed}-e20" / "summary.json").read_text())
+        _fake_run(res, "attunet-g12-combo-s1-e20", 1, long_val, b"long")
+        monkeypatch.setattr(study, "ensure_run", longer)
+        monkeypatch.setitem(study.SHIP_EPOCHS, "smoke", 20)
+        path, best, candidates = study.ship_model(res, "smoke", [0, 1, 2])
+        assert asked == [(1, {"epochs": 20})]  # seed 1: the best table run on validation, never the test numbers
+        assert path.read_bytes() == shipped
+        assert candidates.shipped.sum() == 1 and candidates.loc[candidates.shipped, "val_dice"].item() == max(long_val, 0.93)
+        assert list(candidates.epochs) == [15, 15, 15, 20]
+        assert f"({max(long_val, 0.93):.4f}, epoch 2)" in (res / "models" / "README.md").read_text()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, model_state, save_checkpoint
-from .config import FLAT_TOLERANCE, PAPER_LOSS_WEIGHT, REPO
+from .config import FLAT_TOLERANCE, PAPER_LOSS_WEIGHT, REPO, make_config
 from .dataset import prepare_data
 from .losses import get_loss
 from .metrics import image_scores, summarize
@@ -24,10 +24,11 @@ from .predictor import Predictor, logit_gap_to_mask, pick_device, to_input
 
 
 def run_name(cfg):
-    """A readable directory name for a run: model, gates, loss, seed."""
+    """A readable directory name for a run: model, gates, loss, seed, and epochs where not the profile's."""
     gates = "g" + "".join(map(str, cfg.gates)) if cfg.gates else "nogate"
     loss = cfg.loss + (f"{cfg.loss_weight:g}" if cfg.loss == "combo" and cfg.loss_weight != PAPER_LOSS_WEIGHT else "")
-    return f"{cfg.model}-{gates}-{loss}-s{cfg.seed}"
+    epochs = "" if cfg.epochs == make_config(cfg.profile).epochs else f"-e{cfg.epochs}"
+    return f"{cfg.model}-{gates}-{loss}-s{cfg.seed}{epochs}"
 
 
 def git_commit():
