@@ -179,3 +179,10 @@ def test_unwritable_output(tmp_path, good_dir, smoke_run):
     r = meterseg("predict", "--checkpoint", smoke_run[0] / "best.pt", "--out", blocker / "p", *good_dir.iterdir())
     assert r.returncode == 2 and "blocker" in r.stderr
     assert hashes(good_dir) == before and blocker.read_text() == "a file, not a folder"
+
+
+def test_an_error_status_is_one_line_and_bounded():
+    """Every failed row (compress manifest, read CSV, both engines) states its error the same way."""
+    from meterseg.photos import error_status
+    s = error_status(ValueError("a.jpg: bad\r\nsecond line " + "x" * 1000))
+    assert s.startswith("error: a.jpg: bad second line x") and "\n" not in s and "\r" not in s and len(s) == 400

@@ -91,3 +91,14 @@ def test_predict_gives_two_photos_of_one_name_two_masks(tmp_path, smoke_run, syn
     assert r.returncode == 0, r.stderr
     got = sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*.png"))
     assert got == ["a/x.jpg.png", "a/x.png.png", "b/x.jpg.png"]
+
+
+@pytest.mark.parametrize("flag,argv", [("--workers", ["compress", "--engine", "ray", "--workers", "2", "IN", "OUT"]),
+                                       ("--device", ["compress", "--device", "cpu", "IN", "s3://bucket/out"]),
+                                       ("--device", ["read", "--out", "r.csv", "--device", "cpu", "file:///photos"])])
+def test_the_archive_engines_refuse_the_flags_they_would_ignore(flag, argv, tmp_path, capsys):
+    from meterseg.cli import main
+    argv = [str(tmp_path / x) if x in ("IN", "OUT", "r.csv") else x for x in argv]
+    assert main([argv[0], "--checkpoint", str(tmp_path / "none.pt"), *argv[1:]]) == 2
+    assert f"{flag}: only for local folders" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before anything was started or written

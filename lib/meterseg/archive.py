@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .compress import (EXTENSIONS, FORMATS, MANIFEST_FIELDS, atomic_write, error_row, new_file_mode, parse_manifest,
                        photo_result, rows_csv)
-from .photos import PHOTO_EXT, DataError
+from .photos import PHOTO_EXT, DataError, error_status
 from .reading import READ_FIELDS
 
 PARTS = "_parts"  # under OUT: the part-manifests of unfinished runs
@@ -192,7 +192,7 @@ class ShardWorker:
                 rows.append({"image": it["source"], **read_photo(self.predictor, self.reader, it["source"], it["bytes"],
                                                                  self.options["min_confidence"])})
             except (DataError, OSError, ValueError) as e:
-                rows.append({"image": it["source"], "status": f"error: {str(e).replace(chr(10), ' ')}"[:400]})
+                rows.append({"image": it["source"], "status": error_status(e)})
         return rows
 
     def __call__(self, batch):

@@ -15,7 +15,7 @@ from .losses import LOSSES
 from .metrics import METRICS, image_scores, summarize
 from .models import MODELS
 from .train import SCHEDULES
-from .photos import PHOTO_EXT, DataError, read_mask
+from .photos import PHOTO_EXT, DataError, error_status, read_mask
 from .reading import READ_FIELDS, READERS
 
 CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
@@ -128,11 +128,21 @@ def cmd_evaluate(a):
     return 1 if failed else 0
 
 
+def refuse_local_only(a):
+    """The archive engines load the model per actor on the default device and run no worker threads:
+    refuse --workers and --device there rather than ignore them."""
+    given = [f"--{k}" for k, default in (("workers", None), ("device", "auto")) if getattr(a, k, default) != default]
+    if given:
+        raise ValueError(f"{' and '.join(given)}: only for local folders on --engine local; with a URL or "
+                         "--engine ray the model runs once per actor on the default device (--actors sets how many)")
+
+
 def cmd_compress(a):
     from .archive import compress_archive, is_url
     from .compress import compress
     from .predictor import Predictor
     if a.engine == "ray" or is_url(a.in_dir) or is_url(a.out_dir):
+        refuse_local_only(a)
         if not Path(a.checkpoint).is_file():
             raise CheckpointError(f"{a.checkpoint}: no such checkpoint")
         rows = compress_archive(a.checkpoint, a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.engine,
@@ -173,6 +183,7 @@ def cmd_read(a):
     from .predictor import Predictor
     from .reading import load_reader, read_photo
     if a.engine == "ray" or any(is_url(p) or Path(p).is_dir() for p in a.photos):
+        refuse_local_only(a)
         if len(a.photos) != 1:
             raise DataError("read over a folder, a URL or on Ray takes one input: a folder or prefix (s3://bucket/photos)")
         rows = read_archive(a.checkpoint, a.photos[0], a.out, a.engine, a.ray_address, a.actors, a.reader,
@@ -203,7 +214,7 @@ def cmd_read(a):
                 print(f"{photo}: {row['status']} {row['reading']} ({row['confidence']:.2f})")
             except (DataError, OSError) as e:
                 failed += 1
-                row = {"image": photo, "status": f"error: {str(e).replace(chr(10), ' ')[:300]}"}
+                row = {"image": photo, "status": error_status(e)}
                 print(f"error: {e}", file=sys.stderr)
             w.writerow(row)
     tmp.replace(out)

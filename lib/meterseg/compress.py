@@ -29,7 +29,7 @@ import torch
 
 from .config import CROP_MARGIN
 from .jpegcrop import lossless_crop, lossless_method
-from .photos import PHOTO_EXT, DataError, open_photo, to_rgb
+from .photos import PHOTO_EXT, DataError, error_status, open_photo, to_rgb
 from .predictor import gap_box, grow_box
 
 MANIFEST_FIELDS = ["source", "status", "method", "bytes_in", "mtime_ns", "etag", "sha256", "bytes_out",
@@ -229,9 +229,8 @@ def photo_result(predictor, rel, name, data, gap, orig, margin=None, fmt="lossle
 
 def error_row(rel, name, e):
     """The manifest row of a photo that failed: its message names the photo."""
-    msg = str(e).replace("\n", " ").replace("\r", " ")
-    return {k: "" for k in MANIFEST_FIELDS} | {
-        "source": rel, "status": f"error: {msg if rel in msg or str(name) in msg else f'{rel}: {msg}'}"[:400]}
+    msg = str(e)
+    return {k: "" for k in MANIFEST_FIELDS} | {"source": rel, "status": error_status(msg if rel in msg or str(name) in msg else f"{rel}: {msg}")}
 
 
 def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader):

@@ -24,6 +24,11 @@ class DataError(ValueError):
     """A photo, label or mask that cannot be used; the message starts with the file's path."""
 
 
+def error_status(e):
+    """The status of a photo that failed, in a manifest or readings row: its message on one line, cut to 400 characters."""
+    return ("error: " + " ".join(str(e).splitlines()))[:400]
+
+
 def open_photo(path, data=None):
     """Open a photo lazily as PIL, checking that it is a readable, sane image file.
 
