@@ -99,3 +99,13 @@ def test_ship_model_trains_the_validation_best_seed_longer_and_ships_the_best_on
         assert candidates.shipped.sum() == 1 and candidates.loc[candidates.shipped, "val_dice"].item() == max(long_val, 0.93)
         assert list(candidates.epochs) == [15, 15, 15, 20]
         assert f"({max(long_val, 0.93):.4f}, epoch 2)" in (res / "models" / "README.md").read_text()
+
+
+def test_committed_results_carry_no_absolute_path():
+    """What a study committed under results/ names no folder of the machine that made it."""
+    from meterseg.config import REPO
+    texts = [p for ext in ("ipynb", "md", "json", "csv") for p in (REPO / "results").rglob(f"*.{ext}")]
+    assert texts  # the committed study is there to check
+    leaks = {p.relative_to(REPO).as_posix(): found for p in texts
+             if (found := [x for x in (str(REPO), "/work/", "/home/", "/tmp/", "/Users/") if x in p.read_text(encoding="utf-8")])}
+    assert leaks == {}
