@@ -100,5 +100,5 @@ def test_the_archive_engines_refuse_the_flags_they_would_ignore(flag, argv, tmp_
     from meterseg.cli import main
     argv = [str(tmp_path / x) if x in ("IN", "OUT", "r.csv") else x for x in argv]
     assert main([argv[0], "--checkpoint", str(tmp_path / "none.pt"), *argv[1:]]) == 2
-    assert f"{flag}: only for local folders" in capsys.readouterr().err
+    assert f"{flag}: only where this process does the work" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was started or written

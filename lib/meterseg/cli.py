@@ -129,12 +129,13 @@ def cmd_evaluate(a):
 
 
 def refuse_local_only(a):
-    """The archive engines load the model per actor on the default device and run no worker threads:
+    """The archive engines load the model once per worker on the device "auto" picks and run no thread pool:
     refuse --workers and --device there rather than ignore them."""
     given = [f"--{k}" for k, default in (("workers", None), ("device", "auto")) if getattr(a, k, default) != default]
     if given:
-        raise ValueError(f"{' and '.join(given)}: only for local folders on --engine local; with a URL or "
-                         "--engine ray the model runs once per actor on the default device (--actors sets how many)")
+        raise ValueError(f"{' and '.join(given)}: only where this process does the work (compress between local folders, "
+                         "read of photo files); with a URL, a folder to read or --engine ray, the model is loaded once "
+                         "per worker on the device 'auto' picks (a GPU when there is one; --actors sets the Ray workers)")
 
 
 def cmd_compress(a):

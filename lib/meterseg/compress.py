@@ -230,7 +230,8 @@ def photo_result(predictor, rel, name, data, gap, orig, margin=None, fmt="lossle
 def error_row(rel, name, e):
     """The manifest row of a photo that failed: its message names the photo."""
     msg = str(e)
-    return {k: "" for k in MANIFEST_FIELDS} | {"source": rel, "status": error_status(msg if rel in msg or str(name) in msg else f"{rel}: {msg}")}
+    named = msg if rel in msg or str(name) in msg else f"{rel}: {msg}"
+    return {k: "" for k in MANIFEST_FIELDS} | {"source": rel, "status": error_status(named)}
 
 
 def _compress(predictor, in_dir, out_dir, margin, fmt, quality, pool, progress, batch, reader):
