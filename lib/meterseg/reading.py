@@ -66,12 +66,17 @@ def predict_quad(predictor, image, gap, orig):
     return first if second is None else second + np.array([x0, y0])
 
 
-def photo_quad(predictor, path, data=None):
-    """(the tool's corners or None, the photo as PIL RGB) of one photo file (or its bytes named by path)."""
+def photo_gap(predictor, path, data=None):
+    """(the photo as PIL RGB, its first-pass logit gap, its original (W, H)) of one photo file (or its bytes named by path)."""
     from .photos import open_photo, to_rgb
     x, orig = predictor.inputs(path, data)
-    image = to_rgb(open_photo(path, data), path)
-    return predict_quad(predictor, image, predictor.logit_gaps(x)[0], orig), image
+    return to_rgb(open_photo(path, data), path), predictor.logit_gaps(x)[0], orig
+
+
+def photo_quad(predictor, path, data=None):
+    """(the tool's corners or None, the photo as PIL RGB) of one photo file (or its bytes named by path)."""
+    image, gap, orig = photo_gap(predictor, path, data)
+    return predict_quad(predictor, image, gap, orig), image
 
 
 def corner_error(pred, truth):
@@ -193,11 +198,8 @@ def read_region(predictor, reader, image, gap, orig, min_confidence=MIN_CONFIDEN
 def read_photo(predictor, reader, path, data=None, min_confidence=MIN_CONFIDENCE):
     """The whole tool on one photo: region, quad, strip, digits. A dict with status, reading,
     confidence, corners x0..y3 (photo pixels) and seconds. Raises DataError on a bad photo."""
-    from .photos import open_photo, to_rgb
     t0 = time.perf_counter()
-    x, orig = predictor.inputs(path, data)
-    image = to_rgb(open_photo(path, data), path)
-    quad, reading, conf, status = read_region(predictor, reader, image, predictor.logit_gaps(x)[0], orig, min_confidence)
+    quad, reading, conf, status = read_region(predictor, reader, *photo_gap(predictor, path, data), min_confidence)
     corners = {f"{a}{i}": "" if quad is None else round(float(quad[i][j]), 1) for i in range(4) for j, a in enumerate("xy")}
     return {"status": status, "reading": reading, "confidence": conf, **corners, "seconds": time.perf_counter() - t0}
 
