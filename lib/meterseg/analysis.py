@@ -8,10 +8,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .compress import compress, crop_photo, encode
 from .config import CROP_MARGIN
-from .photos import open_photo, to_rgb
-from .predictor import gap_box, grow_box, region_box
+from .geometry import grow_box, region_box
+from .pipeline import crop, encode, load, region, segment
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 PAPER_SAVING_BYTES = 2e6  # "about 2 MB saved per photo"
@@ -84,18 +83,17 @@ def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_M
                margins_only=False):
     """Everything notebook 05 reports, per photo: (by margin, by format, baselines) as DataFrames.
 
-    Crops are made by compress's own per-photo function. truths: a bool mask per photo at its
-    own size (or None for an unlabelled photo). margins_only: skip formats and baselines.
+    Crops are made by compress's own stages (pipeline.region, pipeline.crop). truths: a bool mask per
+    photo at its own size (or None for an unlabelled photo). margins_only: skip formats and baselines.
     """
     by_margin, by_format, baselines = [], [], []
     for photo, truth in zip(photos, truths):
         photo = Path(photo)
-        data = photo.read_bytes()
-        x, orig = predictor.inputs(photo, data)
-        gap = predictor.logit_gaps(x)[0]
-        box0, _ = gap_box(gap, orig)
+        loaded = segment(predictor, [load(str(photo), photo.read_bytes(), predictor.size)])[0]
+        data, orig = loaded.data, loaded.size
+        box0, _ = region(loaded)
         for m in margins:
-            out, f = crop_photo(data, photo, gap, orig, m)
+            out, f = crop(loaded, box0, m)
             box = (f["x0"], f["y0"], f["x1"], f["y1"])
             by_margin.append({"image": photo.stem, "margin": m, "bytes_in": len(data), "bytes_out": len(out),
                               "method": f["method"], "found": box0 is not None,
@@ -103,13 +101,13 @@ def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_M
                               "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
         if box0 is None or truth is None or margins_only:
             continue
-        full = to_rgb(open_photo(photo, data), photo)
-        crop = full.crop(grow_box(box0, default_margin, orig))
+        full = loaded.rgb
+        cut_out = full.crop(grow_box(box0, default_margin, orig))
         for fmt in ("jpeg", "webp"):
             for q in qualities:
-                by_format.append({"image": photo.stem, "format": fmt, "quality": q, "bytes_out": len(encode(crop, fmt, q))})
-        by_format.append({"image": photo.stem, "format": "png", "quality": 100, "bytes_out": len(encode(crop, "png", 0))})
-        kept_bytes, f = crop_photo(data, photo, gap, orig, default_margin)
+                by_format.append({"image": photo.stem, "format": fmt, "quality": q, "bytes_out": len(encode(cut_out, fmt, q))})
+        by_format.append({"image": photo.stem, "format": "png", "quality": 100, "bytes_out": len(encode(cut_out, "png", 0))})
+        kept_bytes, f = crop(loaded, box0, default_margin)
         lbox = (f["x0"], f["y0"], f["x1"], f["y1"])
         target = len(kept_bytes)
         roi = region_box(truth)  # judge legibility on the ground-truth region's box
@@ -202,8 +200,10 @@ def archive_table(by_margin, margin, photos=1_000_000):
 
 def compress_summary(predictor, folder, margin=CROP_MARGIN):
     """Run compress over a folder into a throw-away output: (manifest rows as a DataFrame, summary dict)."""
+    from .runner import compress
+    from .tool import Tool
     with tempfile.TemporaryDirectory() as tmp:
-        rows = pd.DataFrame(compress(predictor, folder, tmp, margin, progress=False))
+        rows = pd.DataFrame(compress(Tool(predictor), folder, tmp, margin, progress=False))
     ok = rows[rows["status"] == "ok"]
     b_in, b_out = (pd.to_numeric(rows[c], errors="coerce") for c in ("bytes_in", "bytes_out"))
     return rows, {"photos": len(rows), "cropped": len(ok), "copied_whole": int((rows["status"] == "no_region").sum()),

@@ -9,16 +9,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .checkpoint import CheckpointError
 from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
-from .losses import LOSSES
-from .metrics import METRICS, image_scores, summarize
-from .models import MODELS
-from .train import SCHEDULES
-from .photos import PHOTO_EXT, DataError, error_status, read_mask
-from .reading import READ_FIELDS, READERS
+from .photos import PHOTO_EXT, DataError, read_mask
+from .pipeline import READ_FIELDS
+from .tool import READERS, CheckpointError
 
-CHOICES = {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
+
+
+def choices():
+    """Each registry's names, for the flags that take one; without torch (the tool alone) only the profiles."""
+    try:
+        from .losses import LOSSES
+        from .models import MODELS
+        from .train import SCHEDULES
+    except ImportError:  # train, predict, evaluate and study need the study's extras (make setup)
+        return {"profile": sorted(PROFILES)}
+    return {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
+
 HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
         "max_photos": "cap on training photos (0 = all)", "device": "auto, cpu, cuda, cuda:1 ..."}
 
@@ -29,6 +36,7 @@ def _gates(text):
 
 def add_config_flags(parser):
     """One flag per Config field (the profile's value when left out), so every field can be overridden."""
+    CHOICES = choices()
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "profile":
@@ -89,6 +97,7 @@ def _mask_stem(path):
 
 
 def cmd_evaluate(a):
+    from .metrics import METRICS, image_scores, summarize
     pred_dir, truth_dir = Path(a.pred), Path(a.truth)
     for d in (pred_dir, truth_dir):
         if not d.is_dir():
@@ -128,98 +137,67 @@ def cmd_evaluate(a):
     return 1 if failed else 0
 
 
-def refuse_local_only(a):
-    """The archive engines load the model once per worker on the device "auto" picks and run no thread pool:
-    refuse --workers and --device there rather than ignore them."""
-    given = [f"--{k}" for k, default in (("workers", None), ("device", "auto")) if getattr(a, k, default) != default]
-    if given:
-        raise ValueError(f"{' and '.join(given)}: only where this process does the work (compress between local folders, "
-                         "read of photo files); with a URL, a folder to read or --engine ray, the model is loaded once "
-                         "per worker on the device 'auto' picks (a GPU when there is one; --actors sets the Ray workers)")
+def tool_for(a, reading):
+    """The model for compress/read: loaded here for the local engine (where --device applies), else its path
+    for the Ray actors to load (where --workers and --device would be ignored, so they are refused)."""
+    from .tool import load_tool
+    if a.engine == "ray":
+        given = [f"--{k}" for k, default in (("workers", None), ("device", "auto")) if getattr(a, k) != default]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: only with --engine local; on Ray each actor loads the model on the "
+                             "device 'auto' picks (a GPU when there is one), and --actors sets the workers")
+        return a.checkpoint
+    return load_tool(a.checkpoint, a.reader if reading else None, a.device)
 
 
 def cmd_compress(a):
-    from .archive import compress_archive, is_url
-    from .compress import compress
-    from .predictor import Predictor
-    if a.engine == "ray" or is_url(a.in_dir) or is_url(a.out_dir):
-        refuse_local_only(a)
-        if not Path(a.checkpoint).is_file():
-            raise CheckpointError(f"{a.checkpoint}: no such checkpoint")
-        rows = compress_archive(a.checkpoint, a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.engine,
-                                a.ray_address, a.actors, a.reader if a.read else None)
-    else:
-        reader = None
-        if a.read:
-            from .reading import load_reader
-            reader = load_reader(a.checkpoint, a.reader)
-        rows = compress(Predictor.load(a.checkpoint, a.device), a.in_dir, a.out_dir, a.margin, a.format, a.quality,
-                        a.workers, reader=reader)
+    from .runner import compress
+    rows = compress(tool_for(a, a.read), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.read, a.reader,
+                    engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"].startswith("error")]
     bi, bo = sum(int(r["bytes_in"]) for r in ok), sum(int(r["bytes_out"]) for r in ok)
     print(f"{len(rows)} photos: {len(ok)} cropped, {sum(r['status'] == 'no_region' for r in rows)} copied whole "
-          f"(no region), {len(errors)} errors; cropped bytes {bi} -> {bo}"
-          + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else "") + f"; manifest {a.out_dir.rstrip('/')}/manifest.csv")
+          f"(no region), {len(errors)} errors; cropped bytes {bi} -> {bo}" + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else ""))
     for r in errors:
         print(f"{r['source']}: {r['status']}", file=sys.stderr)
     return 1 if errors else 0
 
 
 def add_engine_args(parser):
-    """--engine, --ray-address, --actors: the same for compress and read."""
-    from .archive import ENGINES
+    """--engine, --workers, --device, --ray-address, --actors: the same for compress and read."""
+    from .runner import ENGINES
     parser.add_argument("--engine", default="local", choices=ENGINES,
-                        help="local: this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
+                        help="local: threads of this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
+    parser.add_argument("--workers", type=int, help="local engine: threads, each running the model on one core (default: one per core)")
+    parser.add_argument("--device", default="auto", help="local engine, torch checkpoint: auto, cpu, cuda ...")
     parser.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
     parser.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
 
 
-READER_HELP = ("auto: our CRNN when the checkpoint carries one (notebook 06 stores it), else rapidocr; "
+READER_HELP = ("auto: our CRNN when the model carries one (notebook 06 stores it), else rapidocr; "
                "own: the CRNN or an error; rapidocr: the off-the-shelf recogniser")
+MODEL_HELP = "a checkpoint (.pt, needs torch) or a folder written by `meterseg export` (ONNX, no torch)"
 
 
 def cmd_read(a):
-    from .archive import is_url, read_archive
-    from .predictor import Predictor
-    from .reading import load_reader, read_photo
-    if a.engine == "ray" or any(is_url(p) or Path(p).is_dir() for p in a.photos):
-        refuse_local_only(a)
-        if len(a.photos) != 1:
-            raise DataError("read over a folder, a URL or on Ray takes one input: a folder or prefix (s3://bucket/photos)")
-        rows = read_archive(a.checkpoint, a.photos[0], a.out, a.engine, a.ray_address, a.actors, a.reader,
-                            a.min_confidence)
-        failed = sum(r["status"].startswith("error") for r in rows)
-        for r in rows:
-            if r["status"].startswith("error"):
-                print(f"{r['image']}: {r['status']}", file=sys.stderr)
-        return 1 if failed else 0
-    out = Path(a.out)
-    if out.exists():
-        raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
-    predictor, reader = Predictor.load(a.checkpoint, a.device), load_reader(a.checkpoint, a.reader)
-    tmp = out.with_name(out.name + ".part")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        f = open(tmp, "w", newline="", encoding="utf-8")
-    except OSError as e:
-        raise DataError(f"{out}: cannot write ({e.strerror})") from None
-    failed = 0
-    with f:
-        w = csv.DictWriter(f, fieldnames=READ_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for photo in dict.fromkeys(a.photos):
-            try:
-                kw = {} if a.min_confidence is None else {"min_confidence": a.min_confidence}
-                row = {"image": photo, **read_photo(predictor, reader, photo, **kw)}
-                print(f"{photo}: {row['status']} {row['reading']} ({row['confidence']:.2f})")
-            except (DataError, OSError) as e:
-                failed += 1
-                row = {"image": photo, "status": error_status(e)}
-                print(f"error: {e}", file=sys.stderr)
-            w.writerow(row)
-    tmp.replace(out)
-    return 1 if failed else 0
+    from .runner import is_url, read
+    one = len(a.photos) == 1 and (is_url(a.photos[0]) or Path(a.photos[0]).is_dir())
+    if not one and any(is_url(p) or Path(p).is_dir() for p in a.photos):
+        raise DataError("read takes photo files, or one folder or URL prefix (s3://bucket/photos)")
+    rows = read(tool_for(a, True), a.photos[0] if one else a.photos, a.out, a.reader, a.min_confidence,
+                engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
+    for r in rows:
+        if r["status"].startswith("error"):
+            print(f"{r['source']}: {r['status']}", file=sys.stderr)
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+def cmd_export(a):
+    from .export import export
+    out = export(a.checkpoint, a.out)
+    print(f"{out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return 0
 
 
 def cmd_fetch(a):
@@ -237,7 +215,7 @@ def cmd_study(a):
 
 
 def build_parser():
-    from .compress import FORMATS
+    from .pipeline import FORMATS
     p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -260,13 +238,11 @@ def build_parser():
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compress", help="crop photos to the predicted reading region, with a manifest")
-    c.add_argument("--checkpoint", required=True)
+    c.add_argument("--checkpoint", required=True, help=MODEL_HELP)
     c.add_argument("--margin", type=float, help="growth of the box, as a share of its longer side (default: the one "
                    f"notebook 05 chose on validation, stored in the checkpoint; {CROP_MARGIN} for a checkpoint without)")
     c.add_argument("--format", default="lossless", choices=FORMATS)
     c.add_argument("--quality", type=int, default=90)
-    c.add_argument("--workers", type=int)
-    c.add_argument("--device", default="auto")
     c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
     c.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
     add_engine_args(c)
@@ -275,17 +251,21 @@ def build_parser():
     c.set_defaults(func=cmd_compress)
 
     rd = sub.add_parser("read", help="read each photo's meter: region -> 4 corners -> upright strip -> digits")
-    rd.add_argument("--checkpoint", required=True)
+    rd.add_argument("--checkpoint", required=True, help=MODEL_HELP)
     rd.add_argument("--out", required=True, help="CSV to write: " + ",".join(READ_FIELDS))
-    rd.add_argument("--device", default="auto")
     rd.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
     rd.add_argument("--min-confidence", type=float, default=None, help="below it a reading is flagged unreadable")
     add_engine_args(rd)
     rd.add_argument("photos", nargs="+", help="photos; or one folder or URL prefix, read on --engine")
     rd.set_defaults(func=cmd_read)
 
+    ex = sub.add_parser("export", help="write a checkpoint as ONNX files and a model card (model.json) for the tool without torch")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True, help="a new folder (an existing one is refused)")
+    ex.set_defaults(func=cmd_export)
+
     st = sub.add_parser("study", help="train every run, then execute the notebooks through papermill")
-    st.add_argument("--profile", default="", choices=["", *CHOICES["profile"]],
+    st.add_argument("--profile", default="", choices=["", *sorted(PROFILES)],
                     help=f"default: $METERSEG_PROFILE, else {DEFAULT_PROFILE}")
     st.add_argument("--results", default="", help="output folder (default: results/ for the default profile, "
                     "results/<profile>/ for others; $METERSEG_RESULTS overrides)")

@@ -8,7 +8,8 @@ import torch
 from .config import QUALITY_THRESHOLDS
 from .metrics import image_scores
 from .photos import load_photo, truth_mask
-from .predictor import region_box, to_input
+from .geometry import region_box
+from .predictor import to_input
 
 
 def save(fig, results, name):
@@ -247,8 +248,8 @@ def examples(card, pairs):
 def reading_examples(study, photos, labels, predictor, n=6):
     """The tool's wrong readings: its rectified strip over the labelled quad's strip, with both readings."""
     from .photos import read_label
-    from .reading import photo_quad, rectify
-    from .reading_eval import WAYS
+    from .geometry import rectify
+    from .reading_eval import WAYS, photo_quad
     wrong = study[(study["way"] == WAYS[3]) & ~study["exact"]].head(n)
     if len(wrong) == 0:
         return None
@@ -256,8 +257,8 @@ def reading_examples(study, photos, labels, predictor, n=6):
     fig, axes = plt.subplots(len(wrong), 2, figsize=(8, 1.1 * len(wrong) + 0.4), squeeze=False)
     for row, r in zip(axes, wrong.to_dict("records")):
         photo, label = by_stem[r["image"]]
-        quad, pil = photo_quad(predictor, photo)
-        image, orig = np.asarray(pil), pil.size
+        quad, image = photo_quad(predictor, photo)
+        orig = (image.shape[1], image.shape[0])
         truth_row = study[(study["image"] == r["image"]) & (study["way"] == WAYS[2])].iloc[0]
         for ax, q, title in ((row[0], quad, f"{r['image']} tool: '{r['reading']}' (label {r['candidates']})"),
                              (row[1], np.array(read_label(label, orig)), f"labelled quad: '{truth_row['reading']}'")):

@@ -1,15 +1,14 @@
 """Our own digit reader: a small CRNN with CTC (Shi et al. 2015), trained on the train split's
-rectified labelled quads, to compare with the off-the-shelf recogniser."""
+rectified labelled quads, to compare with the off-the-shelf recogniser. Training and the torch
+reader; recognisers.py runs the exported one without torch."""
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .photos import open_photo, read_label, to_rgb
-from .reading import label_readings, rectify
-
-HEIGHT, WIDTH = 32, 128  # every strip is resized to this: a 5-digit window is about 4:1
-BLANK = 10  # CTC blank; classes 0-9 are the digits
+from .geometry import rectify
+from .photos import label_readings, open_photo, read_label, to_rgb
+from .recognisers import BLANK, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):
@@ -32,10 +31,8 @@ class CRNN(nn.Module):
 
 
 def to_strip(image):
-    """An RGB strip as the CRNN's normalised grey (1, HEIGHT, WIDTH) input."""
-    from PIL import Image
-    grey = Image.fromarray(np.ascontiguousarray(image)).convert("L").resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)
-    return (torch.from_numpy(np.asarray(grey, dtype=np.float32)) / 255 - 0.5)[None] / 0.25
+    """An RGB strip as the CRNN's normalised grey (1, HEIGHT, WIDTH) tensor."""
+    return torch.from_numpy(strip_input(image))
 
 
 def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
@@ -58,18 +55,6 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
             xs.append(to_strip(rectify(image, q)))
             ys.append(cands[0])
     return torch.stack(xs), ys
-
-
-def greedy_decode(logp):
-    """Best path of (T, 11) log-probabilities: (digits, confidence = mean max probability of the kept steps)."""
-    best, prob = logp.argmax(-1).tolist(), logp.max(-1).values.exp().tolist()
-    out, conf, prev = [], [], BLANK
-    for k, p in zip(best, prob):
-        if k != prev and k != BLANK:
-            out.append(str(k))
-            conf.append(p)
-        prev = k
-    return "".join(out), float(np.mean(conf)) if conf else 0.0
 
 
 def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
@@ -109,7 +94,7 @@ def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
 def read_strips(model, x):
     """Digits of each strip in x (N,1,H,W)."""
     model.eval()
-    return [greedy_decode(lp)[0] for lp in model(x)]
+    return [greedy_decode(lp.numpy())[0] for lp in model(x)]
 
 
 class OwnReader:
@@ -129,6 +114,8 @@ class OwnReader:
         model.load_state_dict(state["state_dict"])
         return cls(model)
 
+    name = "own"
+
     @torch.no_grad()
     def read(self, image):
-        return greedy_decode(self.model(to_strip(image)[None])[0])
+        return greedy_decode(self.model(to_strip(image)[None])[0].numpy())

@@ -10,6 +10,7 @@ EXIF orientation tags are ignored on reading and kept on writing, so a viewer sh
 crop turned the same way as its photo.
 """
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def open_photo(path, data=None):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError) as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+        raise DataError(f"{path}: not a readable image ({re.sub(r'<_io.BytesIO object at 0x[0-9a-f]+>', 'its bytes', str(e))})") from None
 
 
 def to_rgb(im, path):
@@ -110,6 +111,12 @@ def read_label(path, photo_size):
     if any(not (0 <= x <= w and 0 <= y <= h) for x, y in corners):
         raise DataError(f"{path}: a corner lies outside the {w}x{h} photo: {corners}")
     return corners
+
+
+def label_readings(path):
+    """The candidate readings of an upstream label file (every run of digits after the 8 corners)."""
+    fields = Path(path).read_text(encoding="utf-8").split()[8:]
+    return [d for f in fields for d in re.findall(r"\d+", f)]  # "00470.00479": a typo for two candidates
 
 
 def polygon_mask(corners, photo_size, size=None):

@@ -8,13 +8,28 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .compress import crop_photo
 from .config import CROP_MARGIN
-from .photos import open_photo, read_label, to_rgb
-from .reading import VOTE_JITTER_PX, VOTES, corner_error, digit_accuracy, label_readings, photo_quad, predict_quad, read_quad
+from .geometry import corner_error
+from .photos import label_readings, read_label
+from .recognisers import DIGITS
+from .pipeline import VOTE_JITTER_PX, VOTES, crop, load, quad, read_quad, region, segment
 
 WAYS = ("whole photo", "box crop (compress)", "rectified labelled quad (ceiling)",
         "rectified predicted quad (the tool)", "stored crop, rectified predicted quad")
+
+
+def digit_accuracy(reading, candidates, digits=DIGITS):
+    """Share of the `digits` wheel positions read right, against the best-matching candidate."""
+    if not candidates:
+        return float("nan")
+    r = (reading or "").ljust(digits, "?")[:digits]
+    return max(sum(a == b for a, b in zip(r, c.ljust(digits, "!")[:digits])) for c in candidates) / digits
+
+
+def photo_quad(predictor, path):
+    """(the tool's corners or None, the photo as RGB uint8) of one photo file."""
+    photo = segment(predictor, [load(str(path), Path(path).read_bytes(), predictor.size)])[0]
+    return quad(predictor, photo), np.asarray(photo.rgb)
 
 
 def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=VOTES):
@@ -24,26 +39,23 @@ def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=V
     rows = []
     for photo, label in zip(photos, labels):
         photo = Path(photo)
-        data = photo.read_bytes()
-        pil = to_rgb(open_photo(photo, data), photo)
-        image = np.asarray(pil)
-        truth_quad = np.array(read_label(label, (image.shape[1], image.shape[0])))
-        candidates = label_readings(label)
         t0 = time.perf_counter()
-        x, orig = predictor.inputs(photo, data)
-        gap = predictor.logit_gaps(x)[0]
-        quad = predict_quad(predictor, pil, gap, orig)
+        loaded = segment(predictor, [load(str(photo), photo.read_bytes(), predictor.size)])[0]
+        corners = quad(predictor, loaded)
         t_quad = time.perf_counter() - t0
-        crop_bytes, f = crop_photo(data, photo, gap, orig, margin)
-        crop = np.asarray(Image.open(io.BytesIO(crop_bytes)).convert("RGB"))
+        image = np.asarray(loaded.rgb)
+        truth_quad = np.array(read_label(label, loaded.size))
+        candidates = label_readings(label)
+        crop_bytes, f = crop(loaded, region(loaded)[0], margin)
+        stored = np.asarray(Image.open(io.BytesIO(crop_bytes)).convert("RGB"))
         # way: (image, quad to rectify and read or None, reads voted over, seconds spent before reading)
-        views = {WAYS[0]: (image, None, 1, 0.0), WAYS[1]: (crop, None, 1, 0.0), WAYS[2]: (image, truth_quad, votes, 0.0)}
-        if quad is not None:
-            views[WAYS[3]] = (image, quad, votes, t_quad)
-            views[WAYS[4]] = (crop, quad - np.array([f["x0"], f["y0"]]), votes, 0.0)
+        views = {WAYS[0]: (image, None, 1, 0.0), WAYS[1]: (stored, None, 1, 0.0), WAYS[2]: (image, truth_quad, votes, 0.0)}
+        if corners is not None:
+            views[WAYS[3]] = (image, corners, votes, t_quad)
+            views[WAYS[4]] = (stored, corners - np.array([f["x0"], f["y0"]]), votes, 0.0)
         for way in WAYS:
             row = {"image": photo.stem, "way": way, "candidates": " ".join(candidates),
-                   "corner_error_px": corner_error(quad, truth_quad) if quad is not None else np.nan}
+                   "corner_error_px": corner_error(corners, truth_quad) if corners is not None else np.nan}
             if way not in views:
                 rows.append(row | {"reading": "", "confidence": 0.0, "exact": False, "digit_acc": 0.0, "seconds": np.nan})
                 continue
@@ -113,7 +125,7 @@ def voting_on_validation(predictor, reader, photos, labels, settings=((1, 0.0), 
     check behind reading.VOTES and VOTE_JITTER_PX. Quads are predicted once per photo."""
     rows, quads = [], [photo_quad(predictor, p) for p in photos]
     for votes, jitter in settings:
-        exact = [qi[0] is not None and read_quad(reader, np.asarray(qi[1]), qi[0], votes, jitter)[0] in label_readings(l)
+        exact = [qi[0] is not None and read_quad(reader, qi[1], qi[0], votes, jitter)[0] in label_readings(l)
                  for qi, l in zip(quads, labels)]
         rows.append({"votes": votes, "jitter_px": jitter, "photos": len(exact), "val_exact_pct": 100 * np.mean(exact),
                      "shipped": (votes, jitter) == (VOTES, VOTE_JITTER_PX)})

@@ -20,7 +20,8 @@ from .losses import get_loss
 from .metrics import image_scores, summarize
 from .models import build_model
 from .photos import truth_mask
-from .predictor import Predictor, logit_gap_to_mask, pick_device, to_input
+from .geometry import gap_to_mask
+from .predictor import Predictor, pick_device, to_input
 
 
 def run_name(cfg):
@@ -88,7 +89,7 @@ def test_metrics(predictor, ds, ii):
     rows = []
     for g, i in zip(gaps, ii):
         truth = truth_mask(ds["photos"][i], ds["labels"][i])
-        pred, _ = logit_gap_to_mask(g, (truth.shape[1], truth.shape[0]))
+        pred, _ = gap_to_mask(g.numpy(), (truth.shape[1], truth.shape[0]))
         rows.append({"image": ds["stems"][i], **image_scores(pred, truth)})
     return rows
 
