@@ -1,4 +1,4 @@
-"""compress over object storage: a local S3 server (moto, 127.0.0.1) and a local Ray cluster."""
+"""compress and read over object storage through the one runner: a local S3 server (moto, 127.0.0.1) and a local Ray cluster."""
 import hashlib
 import os
 import socket
@@ -9,10 +9,10 @@ import time
 import pytest
 
 from conftest import SAMPLE
-from meterseg import archive
-from meterseg.compress import parse_manifest
+from meterseg import runner as archive
 from meterseg.photos import DataError
-from meterseg.reading import READ_FIELDS
+from meterseg.pipeline import READ_FIELDS
+from meterseg.runner import parse_rows as parse_manifest
 
 pytest.importorskip("s3fs")
 PHOTOS = sorted(SAMPLE.rglob("*.jpg"))
@@ -89,13 +89,13 @@ def check_run(fs, bucket, rows):
 
 def test_s3_to_s3_in_process(s3, bucket, smoke_run, capsys):
     before = object_hashes(s3, f"{bucket}/in")
-    rows = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
+    rows = archive.compress(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
     check_run(s3, bucket, rows)
     assert object_hashes(s3, f"{bucket}/in") == before
     # a rerun redoes only the bad object (error rows are retried) and the source that changed
     s3.pipe_file(f"{bucket}/in/site-b/{PHOTOS[0].name}", PHOTOS[1].read_bytes())
     capsys.readouterr()
-    again = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out")
+    again = archive.compress(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out")
     assert f"{len(rows) - 2} photos already done, 2 to do" in capsys.readouterr().out
     check_run(s3, bucket, again)
     changed = {r["source"]: r for r in again}[f"site-b/{PHOTOS[0].name}"]
@@ -107,10 +107,10 @@ def test_s3_to_s3_on_ray(s3, bucket, smoke_run):
     before = object_hashes(s3, f"{bucket}/in")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # after s3: the workers inherit its AWS_*
     try:
-        rows = archive.compress_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out",
+        rows = archive.compress(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/out",
                                         engine="ray", actors=2, shard=4, progress=False)
-        readings = archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv",
-                                        engine="ray", actors=2, shard=4, reader="rapidocr", progress=False)
+        readings = archive.read(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv",
+                                reader="rapidocr", engine="ray", actors=2, shard=4, progress=False)
     finally:
         ray.shutdown()
     check_run(s3, bucket, rows)
@@ -126,39 +126,40 @@ def check_readings(fs, bucket, rows):
     assert list(stored[0]) == READ_FIELDS and len(stored) == len(fs.find(f"{bucket}/in"))
     for r in stored:
         ok = r["status"] in ("ok", "no_region") or r["status"].startswith("unreadable")
-        assert ok != r["image"].endswith("bad.jpg"), r
+        assert ok != r["source"].endswith("bad.jpg"), r
     assert not fs.find(f"{bucket}/readings.csv.parts")
 
 
 def test_read_over_s3_in_process_never_overwrites(s3, bucket, smoke_run):
-    rows = archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv",
+    rows = archive.read(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv",
                                 reader="rapidocr", progress=False)
     check_readings(s3, bucket, rows)
     with pytest.raises(DataError, match="already exists"):
-        archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv", progress=False)
-    with pytest.raises(DataError, match="must not be the input prefix or inside it"):
-        archive.read_archive(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/in/r.csv", progress=False)
+        archive.read(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/readings.csv", progress=False)
+    with pytest.raises(DataError, match="must not be the input or inside it"):
+        archive.read(smoke_run[0] / "best.pt", f"s3://{bucket}/in", f"s3://{bucket}/in/r.csv", progress=False)
 
 
 def test_out_inside_in_is_refused_and_a_sibling_prefix_is_not(s3, bucket, smoke_run):
     ck = smoke_run[0] / "best.pt"
     for out in (f"s3://{bucket}/in", f"s3://{bucket}/in/crops"):
-        with pytest.raises(DataError, match="must not be the input prefix or inside it"):
-            archive.compress_archive(ck, f"s3://{bucket}/in", out, progress=False)
+        with pytest.raises(DataError, match="must not be the input or inside it"):
+            archive.compress(ck, f"s3://{bucket}/in", out, progress=False)
     assert not s3.find(f"{bucket}/in/crops")
-    rows = archive.compress_archive(ck, f"s3://{bucket}/in/site-a", f"s3://{bucket}/in-crops", progress=False)
+    rows = archive.compress(ck, f"s3://{bucket}/in/site-a", f"s3://{bucket}/in-crops", progress=False)
     assert len(rows) == len(PHOTOS) + 1
-    with pytest.raises(DataError, match="input prefix not found"):
-        archive.compress_archive(ck, f"s3://{bucket}/nothing", f"s3://{bucket}/out", progress=False)
+    with pytest.raises(DataError, match="input folder or prefix not found"):
+        archive.compress(ck, f"s3://{bucket}/nothing", f"s3://{bucket}/out", progress=False)
 
 
 def test_a_retried_shard_gives_one_row_per_source(s3, bucket, smoke_run):
     """Ray may run a shard twice: its two part-manifests merge into one row per source."""
     ck = smoke_run[0] / "best.pt"
-    rows = archive.compress_archive(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
-    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-1.csv", archive.rows_csv(rows[:3]))
-    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-2.csv", archive.rows_csv(rows[:3]))
-    again = archive.compress_archive(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
+    rows = archive.compress(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
+    fields = archive.JOBS["compress"][1]
+    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-1.csv", archive.rows_csv(rows[:3], fields))
+    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-2.csv", archive.rows_csv(rows[:3], fields))
+    again = archive.compress(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
     check_run(s3, bucket, again)
 
 
@@ -167,8 +168,8 @@ def test_a_killed_run_reruns_without_redoing_what_was_done(s3, bucket, smoke_run
     for k in range(8):  # more photos, one per shard, so the kill lands mid-run
         for p in PHOTOS:
             s3.pipe_file(f"{bucket}/in/more-{k}/{p.name}", p.read_bytes())
-    code = ("import sys; from meterseg.archive import compress_archive; "
-            "compress_archive(sys.argv[1], sys.argv[2], sys.argv[3], shard=1, progress=False)")
+    code = ("import sys; from meterseg.runner import compress; "
+            "compress(sys.argv[1], sys.argv[2], sys.argv[3], shard=1, workers=1, progress=False)")
     args = [sys.executable, "-c", code, str(smoke_run[0] / "best.pt"), f"s3://{bucket}/in", f"s3://{bucket}/out"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     parts = []
@@ -194,13 +195,13 @@ def test_a_killed_run_reruns_without_redoing_what_was_done(s3, bucket, smoke_run
     check_run(s3, bucket, manifest(s3, bucket))
 
 
-def test_local_folders_through_the_archive_path(tmp_path, smoke_run):
+def test_local_folders_as_file_urls(tmp_path, smoke_run):
     """file:// URLs and plain paths work too, outputs written whole (temp file, rename)."""
     src = tmp_path / "in" / "site"
     src.mkdir(parents=True)
     for p in PHOTOS:
         (src / p.name).write_bytes(p.read_bytes())
-    rows = archive.compress_archive(smoke_run[0] / "best.pt", f"file://{tmp_path / 'in'}", str(tmp_path / "out"),
+    rows = archive.compress(smoke_run[0] / "best.pt", f"file://{tmp_path / 'in'}", str(tmp_path / "out"),
                                     progress=False)
     assert len(rows) == len(PHOTOS) and all(r["status"] in ("ok", "no_region") for r in rows)
     assert sorted(p.name for p in (tmp_path / "out" / "site").iterdir()) == sorted(p.name for p in PHOTOS)

@@ -353,9 +353,12 @@ def run(job, model, inputs, out, options, engine="local", workers=None, ray_addr
         if progress:
             print(f"[{job}] {done} photos already done, {len(todo)} to do ({engine} engine)", flush=True)
         if todo:
-            worker_args = (job, out_root if job == "compress" else parts, parts, options)
+            out_url = str(out).rstrip("/")  # the workers open the store from URLs, as Ray actors must
+            parts_url = f"{out_url}/{PARTS}" if job == "compress" else f"{out_url}.parts"
+            worker_args = (job, out_url if job == "compress" else parts_url, parts_url, options)
             (run_on_ray if engine == "ray" else run_local)(model, worker_args, fs_in, todo, workers, ray_address, actors, shard)
         rows = {}
+        fs_out.invalidate_cache()  # the workers wrote parts (Ray's through other instances): list afresh
         for p in sorted(fs_out.glob(f"{parts}/*.csv")):
             rows |= {r["source"]: r for r in read_rows(fs_out, p)}  # a shard retried by Ray appears twice: once here
         rows = sorted(rows.values(), key=lambda r: r["source"])
