@@ -17,8 +17,7 @@ from PIL import Image
 from conftest import meterseg
 from conftest import tree_hashes as hashes
 from meterseg import config, dataset
-from meterseg.compress import compress
-from meterseg.predictor import Predictor
+from meterseg.runner import compress
 
 
 def _bomb(path):
@@ -94,7 +93,7 @@ def test_photo_kinds_in_predict_and_compress(kind, good_dir, smoke_run, tmp_path
         m = Image.open(tmp_path / "pred" / f"{name}.png")
         assert m.size == Image.open(good_dir / name).size  # stored pixel grid, EXIF ignored
 
-    rows = {r["source"]: r for r in compress(Predictor.load(ckpt, "cpu"), good_dir, tmp_path / "out", progress=False)}
+    rows = {r["source"]: r for r in compress(ckpt, good_dir, tmp_path / "out", progress=False)}
     assert rows["train_47.jpg"]["status"] in ("ok", "no_region")  # a synthetic-trained model may find nothing
     if bad:
         assert rows[name]["status"].startswith("error:") and name in rows[name]["status"]
@@ -175,7 +174,7 @@ def test_unwritable_output(tmp_path, good_dir, smoke_run):
     blocker.write_text("a file, not a folder")
     before = hashes(good_dir)
     r = meterseg("compress", "--checkpoint", smoke_run[0] / "best.pt", good_dir, blocker / "out")
-    assert r.returncode == 2 and "blocker/out: cannot create the output folder" in r.stderr
+    assert r.returncode == 2 and "blocker/out: cannot create the output" in r.stderr
     r = meterseg("predict", "--checkpoint", smoke_run[0] / "best.pt", "--out", blocker / "p", *good_dir.iterdir())
     assert r.returncode == 2 and "blocker" in r.stderr
     assert hashes(good_dir) == before and blocker.read_text() == "a file, not a folder"

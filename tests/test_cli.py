@@ -94,11 +94,11 @@ def test_predict_gives_two_photos_of_one_name_two_masks(tmp_path, smoke_run, syn
 
 
 @pytest.mark.parametrize("flag,argv", [("--workers", ["compress", "--engine", "ray", "--workers", "2", "IN", "OUT"]),
-                                       ("--device", ["compress", "--device", "cpu", "IN", "s3://bucket/out"]),
-                                       ("--device", ["read", "--out", "r.csv", "--device", "cpu", "file:///photos"])])
-def test_the_archive_engines_refuse_the_flags_they_would_ignore(flag, argv, tmp_path, capsys):
+                                       ("--device", ["compress", "--engine", "ray", "--device", "cpu", "IN", "s3://bucket/out"]),
+                                       ("--device", ["read", "--engine", "ray", "--out", "r.csv", "--device", "cpu", "file:///photos"])])
+def test_the_ray_engine_refuses_the_flags_it_would_ignore(flag, argv, tmp_path, capsys):
     from meterseg.cli import main
     argv = [str(tmp_path / x) if x in ("IN", "OUT", "r.csv") else x for x in argv]
     assert main([argv[0], "--checkpoint", str(tmp_path / "none.pt"), *argv[1:]]) == 2
-    assert f"{flag}: only where this process does the work" in capsys.readouterr().err
+    assert f"{flag}: only with --engine local" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before anything was started or written

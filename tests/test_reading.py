@@ -8,15 +8,21 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import SAMPLE, meterseg, tree_hashes
-from meterseg import reading
-from meterseg.compress import compress, read_manifest
-from meterseg.photos import polygon_mask, read_label
+from meterseg import geometry, pipeline, recognisers, runner
+from meterseg.photos import label_readings, polygon_mask, read_label
 from meterseg.predictor import Predictor
+from meterseg.reading_eval import digit_accuracy
+from meterseg.runner import compress
+from meterseg.tool import Tool, load_reader
+
+
+def read_manifest(path):
+    return runner.read_rows(runner.open_store(path)[0], str(path))
 
 
 def test_order_corners_clockwise_from_top_left():
     square = [(10, 0), (10, 10), (0, 0), (0, 10)]
-    np.testing.assert_array_equal(reading.order_corners(square), [(0, 0), (10, 0), (10, 10), (0, 10)])
+    np.testing.assert_array_equal(geometry.order_corners(square), [(0, 0), (10, 0), (10, 10), (0, 10)])
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
@@ -28,33 +34,33 @@ def test_fit_quad_recovers_a_rasterised_quad(angle, w, h, fx, fy):
     c = np.array([160 + fx * 320, 130 + fy * 220])  # the quad stays inside the photo
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     quad = [tuple(c + rot @ np.array([sx * w / 2, sy * h / 2])) for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
-    fitted = reading.fit_quad(polygon_mask(quad, (W, H)))
-    assert reading.corner_error(fitted, quad) < 4.0
+    fitted = geometry.fit_quad(polygon_mask(quad, (W, H)))
+    assert geometry.corner_error(fitted, quad) < 4.0
 
 
 def test_fit_quad_of_nothing_is_none():
-    assert reading.fit_quad(np.zeros((20, 30), bool)) is None
+    assert geometry.fit_quad(np.zeros((20, 30), bool)) is None
 
 
 def test_rectify_maps_the_quad_onto_an_upright_strip():
     img = np.zeros((200, 300, 3), np.uint8)
     img[50:90, 40:240] = 255  # an axis-aligned white window
     img[50:90, 40:60, 0] = 0  # its left end cyan: the strip must not come out mirrored
-    strip = reading.rectify(img, [(240, 50), (40, 50), (40, 90), (240, 90)])  # corners in any order
-    assert strip.shape == (reading.STRIP_HEIGHT, round(48 * 200 / 40), 3)
+    strip = geometry.rectify(img, [(240, 50), (40, 50), (40, 90), (240, 90)])  # corners in any order
+    assert strip.shape == (48, round(48 * 200 / 40), 3)
     assert strip[:, 2:20, 0].mean() < 60 and strip[:, -40:, 0].mean() > 200
 
 
 def test_label_readings_and_digit_accuracy_by_hand(tmp_path):
     lab = tmp_path / "l.txt"
     lab.write_text("1 1 9 1 9 9 1 9 00470.00479 00480\n")
-    assert reading.label_readings(lab) == ["00470", "00479", "00480"]
-    assert reading.digit_accuracy("00471", ["00470", "00479"]) == pytest.approx(4 / 5)
-    assert reading.digit_accuracy("0047", ["00470"]) == pytest.approx(4 / 5)
-    assert reading.digit_accuracy("", ["00470"]) == 0.0
-    assert reading.plausible("1234", 0.99, 0.5).startswith("unreadable: 4 digits")
-    assert reading.plausible("12345", 0.3, 0.5).startswith("unreadable: confidence")
-    assert reading.plausible("12345", 0.9, 0.5) == "ok"
+    assert label_readings(lab) == ["00470", "00479", "00480"]
+    assert digit_accuracy("00471", ["00470", "00479"]) == pytest.approx(4 / 5)
+    assert digit_accuracy("0047", ["00470"]) == pytest.approx(4 / 5)
+    assert digit_accuracy("", ["00470"]) == 0.0
+    assert pipeline.plausible("1234", 0.99, 0.5).startswith("unreadable: 4 digits")
+    assert pipeline.plausible("12345", 0.3, 0.5).startswith("unreadable: confidence")
+    assert pipeline.plausible("12345", 0.9, 0.5) == "ok"
 
 
 class ScriptedReader:
@@ -73,20 +79,20 @@ def test_read_quad_votes_by_summed_confidence_by_hand():
     quad = np.array([(40, 50), (240, 50), (240, 90), (40, 90)], float)
     # 12345: 0.6 + 0.5 = 1.1 beats 12349: 0.9 alone; a 4-digit read does not vote
     r = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
-    assert reading.read_quad(r, img, quad, votes=4, jitter=3.0) == ("12345", pytest.approx(0.55))
-    assert np.array_equal(r.strips[0], reading.rectify(img, quad))  # the first read is the quad itself
+    assert pipeline.read_quad(r, img, quad, votes=4, jitter=3.0) == ("12345", pytest.approx(0.55))
+    assert np.array_equal(r.strips[0], geometry.rectify(img, quad))  # the first read is the quad itself
     assert not np.array_equal(r.strips[1], r.strips[0])  # the others are jittered
     again = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
-    reading.read_quad(again, img, quad, votes=4, jitter=3.0)
+    pipeline.read_quad(again, img, quad, votes=4, jitter=3.0)
     assert all(np.array_equal(a, b) for a, b in zip(r.strips, again.strips))  # same jitters every time
     # no read of DIGITS digits: the quad's own read, as it came
-    assert reading.read_quad(ScriptedReader([("12", 0.3), ("123", 0.9)]), img, quad, votes=2) == ("12", 0.3)
-    assert reading.read_quad(ScriptedReader([("54321", 0.7)]), img, quad, votes=1) == ("54321", 0.7)
+    assert pipeline.read_quad(ScriptedReader([("12", 0.3), ("123", 0.9)]), img, quad, votes=2) == ("12", 0.3)
+    assert pipeline.read_quad(ScriptedReader([("54321", 0.7)]), img, quad, votes=1) == ("54321", 0.7)
 
 
 @pytest.fixture(scope="module")
 def reader():
-    return reading.Reader()
+    return recognisers.RapidReader()
 
 
 def test_the_rectified_labelled_quads_of_the_sample_read_right(reader):
@@ -95,8 +101,8 @@ def test_the_rectified_labelled_quads_of_the_sample_read_right(reader):
     for photo in sorted((SAMPLE / "train_imgs").glob("*.jpg")):
         label = SAMPLE / "train_labels" / "labels" / f"{photo.stem}.txt"
         image = np.asarray(Image.open(photo).convert("RGB"))
-        got, conf = reader.read(reading.rectify(image, read_label(label, (image.shape[1], image.shape[0]))))
-        right += got in reading.label_readings(label)
+        got, conf = reader.read(geometry.rectify(image, read_label(label, (image.shape[1], image.shape[0]))))
+        right += got in label_readings(label)
     assert right >= 3  # of 4
 
 
@@ -110,7 +116,8 @@ def test_read_command_goes_on_past_bad_photos_and_never_overwrites(tmp_path, smo
                  tmp_path / "text.jpg")
     assert r.returncode == 1 and "zero.jpg" in r.stderr and "text.jpg" in r.stderr
     rows = list(csv.DictReader(open(out)))
-    assert list(rows[0]) == ["image", "status", "reading", "confidence", "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
+    assert list(rows[0]) == ["source", "status", "bytes_in", "mtime_ns", "etag", "sha256", "reading", "confidence",
+                             "x0", "y0", "x1", "y1", "x2", "y2", "x3", "y3"]
     assert [r["status"].split(":")[0] for r in rows][0] == "error" and rows[-1]["status"].startswith("error: ")
     assert all(r["status"] in ("ok", "no_region") or r["status"].startswith("unreadable") for r in rows[1:3])
     assert tree_hashes(SAMPLE) == before
@@ -123,7 +130,8 @@ def test_compress_read_adds_the_reading_columns(tmp_path, smoke_run, reader):
     src.mkdir()
     for p in sorted((SAMPLE / "train_imgs").glob("*.jpg"))[:2]:
         (src / p.name).write_bytes(p.read_bytes())
-    rows = compress(Predictor.load(smoke_run[0] / "best.pt", "cpu"), src, tmp_path / "out", progress=False, reader=reader)
+    rows = compress(Tool(Predictor.load(smoke_run[0] / "best.pt", "cpu"), reader), src, tmp_path / "out", read=True,
+                    progress=False)
     for r in read_manifest(tmp_path / "out" / "manifest.csv"):
         assert r["reading_status"] in ("ok", "no_region") or r["reading_status"].startswith("unreadable")
         assert r["reading"] == "" or r["reading"].isdigit()
@@ -149,11 +157,13 @@ def test_compress_read_reads_as_read_does(tmp_path, smoke_run, synthetic):
     for p in sorted((synthetic / "train_imgs").glob("*.jpg"))[:4]:
         (src / p.name).write_bytes(p.read_bytes())
     predictor = Predictor.load(smoke_run[0] / "best.pt", "cpu")
-    compress(predictor, src, tmp_path / "out", progress=False, reader=NinthReader())
+    compress(Tool(predictor, NinthReader()), src, tmp_path / "out", read=True, workers=1, progress=False)
     rows = read_manifest(tmp_path / "out" / "manifest.csv")
     assert sum(r["reading_status"] == "ok" for r in rows) >= 3
+    runner.read(Tool(predictor, NinthReader()), src, tmp_path / "readings.csv", workers=1, progress=False)
+    readings = {r["source"]: r for r in read_manifest(tmp_path / "readings.csv")}
     for r in rows:
-        assert r["reading"] == reading.read_photo(predictor, NinthReader(), src / r["source"])["reading"], r["source"]
+        assert r["reading"] == readings[r["source"]]["reading"], r["source"]
         assert r["reading"] in ("", "11111")
 
 
@@ -196,8 +206,8 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     shutil.copyfile(smoke_run[0] / "best.pt", ck)
     (tmp_path / "README.md").write_text("# attunet.pt\n")
     with pytest.raises(CheckpointError, match="attunet.pt: carries no reader"):
-        reading.load_reader(ck, "own")
-    assert isinstance(reading.load_reader(ck, "auto"), reading.Reader)
+        load_reader(ck, "own")
+    assert isinstance(load_reader(ck, "auto"), recognisers.RapidReader)
     torch.manual_seed(0)
     own = ownreader.OwnReader(ownreader.CRNN())
     history = pd.DataFrame([(1, 2.0, 0.5), (2, 1.0, 0.75)], columns=["epoch", "ctc_loss", "val_exact"])
@@ -206,7 +216,7 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
         reading_eval.ship_reader(ck, own, history, accuracy)
     text = (tmp_path / "README.md").read_text()
     assert text.count("## The reader") == 1 and "epoch 2" in text and "75.0 %" in text
-    back = reading.load_reader(ck)
+    back = load_reader(ck)
     assert isinstance(back, ownreader.OwnReader)
     strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)
     assert back.read(strip) == own.read(strip)

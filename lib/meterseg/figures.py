@@ -85,9 +85,9 @@ def attention_maps(predictor, photos):
     fig, axes = plt.subplots(len(photos), 1 + len(gates), figsize=(2.8 * (1 + len(gates)), 2.6 * len(photos)),
                              squeeze=False)
     for row, photo in zip(axes, photos):
-        x, _ = predictor.inputs(photo)
-        _, att = model(to_input(x, predictor.device), return_attention=True)
         im, _ = load_photo(photo, size)
+        x = torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None]
+        _, att = model(to_input(x, predictor.device), return_attention=True)
         overlay(row[0], im, None, title=Path(photo).stem)
         for ax, g in zip(row[1:], gates):
             a = att[g][0, 0].float().cpu().numpy()

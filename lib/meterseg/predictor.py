@@ -11,6 +11,16 @@ from .photos import load_photo
 from .tool import default_margin
 
 
+def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU computes bf16 natively (AMX-BF16 or AVX512-BF16): only there is bf16 autocast
+    faster than fp32; elsewhere it is emulated and many times slower (benchmarks/README.md)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in open(cpuinfo) if line.startswith("flags")), [])
+    except OSError:  # not Linux: assume not, and run fp32
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def pick_device(name="auto"):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -27,17 +37,6 @@ def to_input(images_uint8, device):
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def image_batch(im):
-    """A PIL RGB image as a uint8 (1,3,H,W) tensor, the models' input before to_input."""
-    return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None]
-
-
-def photo_input(path, size, data=None):
-    """One photo (its path, or its bytes named by path) as uint8 (1,3,size,size) input, and its original (W, H)."""
-    im, orig = load_photo(path, size, data)
-    return image_batch(im), orig
-
-
 class Predictor:
     """A model ready for inference, with the input size it was trained at and the device it runs on."""
 
@@ -45,7 +44,9 @@ class Predictor:
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.size = cfg["size"]
         self.crop_margin = default_margin(cfg)  # compress's: notebook 05 stores the one validation chose
-        self.backend = f"torch fp32 {self.device.type}" if self.device.type == "cpu" else f"torch bf16 {self.device}"
+        # the tool's path (gaps): bf16 on a GPU and on CPUs with bf16 units, else fp32; the study's (logit_gaps): fp32 on CPUs
+        self.bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
+        self.backend = f"torch {'bf16' if self.bf16 else 'fp32'} {self.device}"
 
     @classmethod
     def load(cls, checkpoint, device="auto", expect=None):
@@ -53,10 +54,6 @@ class Predictor:
         device = pick_device(device)
         model, cfg = load_model(checkpoint, expect, device)
         return cls(model, cfg, device)
-
-    def inputs(self, path, data=None):
-        """(uint8 (1,3,S,S), original (W, H)) of one photo."""
-        return photo_input(path, self.size, data)
 
     @torch.no_grad()
     def logit_gaps(self, images_uint8, batch=16):
@@ -71,9 +68,11 @@ class Predictor:
 
     def gaps(self, images):
         """The tool's segmenter interface: uint8 (N,3,S,S) numpy in, float32 (N,S,S) numpy out."""
-        return self.logit_gaps(torch.from_numpy(np.ascontiguousarray(images))).numpy()
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.logit_gaps(torch.from_numpy(np.ascontiguousarray(images))).float().numpy()
 
     def mask(self, path):
         """(bool mask at the photo's own size, confidence) of one photo file."""
-        x, orig = self.inputs(path)
+        im, orig = load_photo(path, self.size)
+        x = torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None]
         return gap_to_mask(self.logit_gaps(x)[0].numpy(), orig)

@@ -361,7 +361,7 @@ def run(job, model, inputs, out, options, engine="local", workers=None, ray_addr
         fs_out.invalidate_cache()  # the workers wrote parts (Ray's through other instances): list afresh
         for p in sorted(fs_out.glob(f"{parts}/*.csv")):
             rows |= {r["source"]: r for r in read_rows(fs_out, p)}  # a shard retried by Ray appears twice: once here
-        rows = sorted(rows.values(), key=lambda r: r["source"])
+        rows = [rows[s] for s in sources if s in rows]  # a folder's sorted listing, or read's files as given
         put_whole(fs_out, table, rows_csv(rows, JOBS[job][1]))
         fs_out.rm(parts, recursive=True) if fs_out.exists(parts) else None
     if progress:

@@ -1,0 +1,78 @@
+"""Checkpoints: saved atomically, loaded with weights_only (pickled code refused), checked against their config."""
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .models import build_model
+from .tool import CheckpointError, _torch_load
+
+
+def save_checkpoint(path, state):
+    """torch.save to a temp file, then rename, so a kill never leaves half a checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def amend_shipped(checkpoint, edit, title, text):
+    """Change the shipped checkpoint in place (edit(ck) alters the loaded dict) and set the section
+    `## title` of the README beside it to text, replacing an earlier one; "The reader" stays last."""
+    import re
+    checkpoint = Path(checkpoint)
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    edit(ck)
+    save_checkpoint(checkpoint, ck)
+    readme = checkpoint.with_name("README.md")
+    sections = [s for s in re.split(r"(?=\n## )", readme.read_text()) if not s.startswith(f"\n## {title}\n")]
+    at = next((i for i, s in enumerate(sections) if s.startswith("\n## The reader\n")), len(sections))
+    sections.insert(at, f"\n## {title}\n\n{text}")
+    readme.write_text("".join(sections))
+    return checkpoint
+
+
+def model_state(model, cfg, **extra):
+    """What a model checkpoint holds: the weights, the config as JSON, and plain extras."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {"state_dict": sd, "config": json.dumps(cfg), **extra}
+
+
+def load_model(path, expect=None, device="cpu"):
+    """(model ready for inference, config dict) from a checkpoint, refusing pickled code.
+
+    expect: model settings the caller needs (e.g. {"model": "attunet"}); a checkpoint
+    built otherwise is refused with a message that names both.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    ck = _torch_load(path)
+    cfg = json.loads(ck["config"])
+    for k, v in (expect or {}).items():
+        if cfg.get(k) != json.loads(json.dumps(v)):  # as stored: tuples become lists
+            raise CheckpointError(f"{path}: checkpoint has {k}={cfg.get(k)!r} but {v!r} was asked for")
+    model = build_model(cfg["model"], cfg["base"], tuple(cfg["gates"]))
+    try:
+        model.load_state_dict(ck["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {cfg['model']} base={cfg['base']} gates={cfg['gates']}: {str(e)[:300]}") from None
+    return for_inference(model.to(device)), cfg
+
+
+def for_inference(model):
+    """Eval mode, each BatchNorm folded into the conv before it, channels_last weights.
+
+    Same outputs up to float rounding, and faster on the CPU (benchmarks/README.md).
+    For prediction only: not to be trained.
+    """
+    model.eval()
+    for seq in model.modules():
+        if isinstance(seq, nn.Sequential):
+            for i in range(len(seq) - 1):
+                if isinstance(seq[i], nn.Conv2d) and isinstance(seq[i + 1], nn.BatchNorm2d):
+                    seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
+    return model.to(memory_format=torch.channels_last)

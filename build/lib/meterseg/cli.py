@@ -1,0 +1,290 @@
+"""Command line: meterseg {train, predict, evaluate, compress, read, study, fetch}."""
+import argparse
+import csv
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
+from .photos import PHOTO_EXT, DataError, read_mask
+from .pipeline import READ_FIELDS
+from .tool import READERS, CheckpointError
+
+
+
+def choices():
+    """Each registry's names, for the flags that take one; without torch (the tool alone) only the profiles."""
+    try:
+        from .losses import LOSSES
+        from .models import MODELS
+        from .train import SCHEDULES
+    except ImportError:  # train, predict, evaluate and study need the study's extras (make setup)
+        return {"profile": sorted(PROFILES)}
+    return {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
+
+HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
+        "max_photos": "cap on training photos (0 = all)", "device": "auto, cpu, cuda, cuda:1 ..."}
+
+
+def _gates(text):
+    return tuple(int(g) for g in text.replace("+", ",").split(",") if g.strip())
+
+
+def add_config_flags(parser):
+    """One flag per Config field (the profile's value when left out), so every field can be overridden."""
+    CHOICES = choices()
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "profile":
+            parser.add_argument(flag, default=DEFAULT_PROFILE, choices=CHOICES["profile"])
+        elif f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            typ = {"tuple": _gates, "int": int, "float": float, "str": str}[getattr(f.type, "__name__", f.type)]
+            parser.add_argument(flag, dest=f.name, type=typ, choices=CHOICES.get(f.name), help=HELP.get(f.name))
+
+
+def cmd_train(a):
+    from .config import make_config
+    from .train import train
+    cfg = make_config(a.profile, **{f.name: getattr(a, f.name) for f in dataclasses.fields(Config) if f.name != "profile"})
+    s = train(cfg, a.out)
+    t = s["test"]
+    print(f"{a.out}: test dice {t['dice']:.4f} ± {t['dice_sd']:.4f} (n={t['n']}, pooled {t['pooled_dice']:.4f}), "
+          f"best epoch {s['best_epoch']}, {s['train_seconds']:.0f}s training on {s['device']}")
+    return 0
+
+
+def mask_names(photos):
+    """Output mask name of each photo: its path relative to the photos' common folder, whole
+    file name kept, '.png' appended (a/x.jpg -> a/x.jpg.png), so two photos never share a mask."""
+    paths = [Path(p).resolve() for p in photos]
+    if not paths:
+        return {}
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return {p: p.relative_to(root).as_posix() + ".png" for p in paths}
+
+
+def cmd_predict(a):
+    from .predictor import Predictor
+    predictor = Predictor.load(a.checkpoint, a.device)
+    out = Path(a.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    failed = 0
+    for photo, name in mask_names(dict.fromkeys(a.photos)).items():
+        try:
+            mask, conf = predictor.mask(photo)
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
+            print(f"{photo}: {int(mask.sum())} region pixels, confidence {conf:.3f} -> {out / name}")
+        except (DataError, OSError) as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _mask_stem(path):
+    """The photo stem a mask file stands for: x.jpg.png (predict's naming) and x.png both give x."""
+    name = Path(path).name.rsplit(".", 1)[0]
+    return Path(name).stem if Path(name).suffix.lower() in PHOTO_EXT else name
+
+
+def cmd_evaluate(a):
+    from .metrics import METRICS, image_scores, summarize
+    pred_dir, truth_dir = Path(a.pred), Path(a.truth)
+    for d in (pred_dir, truth_dir):
+        if not d.is_dir():
+            print(f"error: {d}: folder not found", file=sys.stderr)
+            return 2
+    truths = {p.stem: p for p in sorted(truth_dir.iterdir()) if p.suffix.lower() in PHOTO_EXT}
+    preds = {}
+    for p in sorted(pred_dir.rglob("*")):
+        if p.suffix.lower() in PHOTO_EXT and p.is_file():
+            preds.setdefault(_mask_stem(p), []).append(p)
+    rows, failed = [], 0
+    for stem, tpath in truths.items():
+        matches = preds.get(stem, [])
+        try:
+            if not matches:
+                raise DataError(f"{pred_dir / stem}.*: no prediction for ground truth {tpath}")
+            if len(matches) > 1:
+                raise DataError(f"{tpath}: several predictions could be its: {', '.join(map(str, matches))}")
+            pred, truth = read_mask(matches[0]), read_mask(tpath)
+            if pred.shape != truth.shape:
+                raise DataError(f"{matches[0]}: size {pred.shape[::-1]} differs from {tpath} {truth.shape[::-1]}")
+            rows.append({"image": stem, **image_scores(pred, truth)})
+        except DataError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    if not rows:
+        print(f"error: {truth_dir}: no image could be evaluated", file=sys.stderr)
+        return 2
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(a.out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["image", *METRICS], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    s = summarize(rows)
+    print(f"{len(rows)} images ({failed} failed): " + ", ".join(f"{m} {s[m]:.4f}±{s[m + '_sd']:.4f}" for m in METRICS)
+          + f", pooled dice {s['pooled_dice']:.4f} (SD with ddof=1)")
+    return 1 if failed else 0
+
+
+def tool_for(a, reading):
+    """The model for compress/read: loaded here for the local engine (where --device applies), else its path
+    for the Ray actors to load (where --workers and --device would be ignored, so they are refused)."""
+    from .tool import load_tool
+    if a.engine == "ray":
+        given = [f"--{k}" for k, default in (("workers", None), ("device", "auto")) if getattr(a, k) != default]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: only with --engine local; on Ray each actor loads the model on the "
+                             "device 'auto' picks (a GPU when there is one), and --actors sets the workers")
+        return a.checkpoint
+    return load_tool(a.checkpoint, a.reader if reading else None, a.device)
+
+
+def cmd_compress(a):
+    from .runner import compress
+    rows = compress(tool_for(a, a.read), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.read, a.reader,
+                    engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
+    ok = [r for r in rows if r["status"] == "ok"]
+    errors = [r for r in rows if r["status"].startswith("error")]
+    bi, bo = sum(int(r["bytes_in"]) for r in ok), sum(int(r["bytes_out"]) for r in ok)
+    print(f"{len(rows)} photos: {len(ok)} cropped, {sum(r['status'] == 'no_region' for r in rows)} copied whole "
+          f"(no region), {len(errors)} errors; cropped bytes {bi} -> {bo}" + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else ""))
+    for r in errors:
+        print(f"{r['source']}: {r['status']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def add_engine_args(parser):
+    """--engine, --workers, --device, --ray-address, --actors: the same for compress and read."""
+    from .runner import ENGINES
+    parser.add_argument("--engine", default="local", choices=ENGINES,
+                        help="local: threads of this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
+    parser.add_argument("--workers", type=int, help="local engine: threads, each running the model on one core (default: one per core)")
+    parser.add_argument("--device", default="auto", help="local engine, torch checkpoint: auto, cpu, cuda ...")
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: start a local one)")
+    parser.add_argument("--actors", type=int, help="Ray actors (default: one per cluster CPU)")
+
+
+READER_HELP = ("auto: our CRNN when the model carries one (notebook 06 stores it), else rapidocr; "
+               "own: the CRNN or an error; rapidocr: the off-the-shelf recogniser")
+MODEL_HELP = "a checkpoint (.pt, needs torch) or a folder written by `meterseg export` (ONNX, no torch)"
+
+
+def cmd_read(a):
+    from .runner import is_url, read
+    one = len(a.photos) == 1 and (is_url(a.photos[0]) or Path(a.photos[0]).is_dir())
+    if not one and any(is_url(p) or Path(p).is_dir() for p in a.photos):
+        raise DataError("read takes photo files, or one folder or URL prefix (s3://bucket/photos)")
+    rows = read(tool_for(a, True), a.photos[0] if one else a.photos, a.out, a.reader, a.min_confidence,
+                engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
+    for r in rows:
+        if r["status"].startswith("error"):
+            print(f"{r['source']}: {r['status']}", file=sys.stderr)
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+def cmd_export(a):
+    from .export import export
+    out = export(a.checkpoint, a.out)
+    print(f"{out}: " + ", ".join(sorted(p.name for p in out.iterdir())))
+    return 0
+
+
+def cmd_fetch(a):
+    from .fetch import LOCAL_COPY, fetch_upstream
+    dest = fetch_upstream(a.dest or LOCAL_COPY)
+    print(f"{dest}: verified")
+    return 0
+
+
+def cmd_study(a):
+    from .study import run_notebooks
+    names = a.notebooks or sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
+    run_notebooks(names, a.profile, a.results, a.data, a.seeds, a.jobs)
+    return 0
+
+
+def build_parser():
+    from .pipeline import FORMATS
+    p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train one run into a directory (reused if finished, resumed if killed)")
+    add_config_flags(t)
+    t.add_argument("--out", required=True, help="run directory")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="write a 0/255 mask PNG per photo, at the photo's size (x.jpg -> x.jpg.png)")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("photos", nargs="+")
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("evaluate", help="per-image metrics of predicted masks against truth masks, by photo stem")
+    e.add_argument("--pred", required=True)
+    e.add_argument("--truth", required=True)
+    e.add_argument("--out", required=True, help="CSV to write")
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compress", help="crop photos to the predicted reading region, with a manifest")
+    c.add_argument("--checkpoint", required=True, help=MODEL_HELP)
+    c.add_argument("--margin", type=float, help="growth of the box, as a share of its longer side (default: the one "
+                   f"notebook 05 chose on validation, stored in the checkpoint; {CROP_MARGIN} for a checkpoint without)")
+    c.add_argument("--format", default="lossless", choices=FORMATS)
+    c.add_argument("--quality", type=int, default=90)
+    c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
+    c.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
+    add_engine_args(c)
+    c.add_argument("in_dir", help="a folder, or a URL: s3://bucket/prefix, file:///path")
+    c.add_argument("out_dir", help="a folder or a URL; AWS_* variables give S3 credentials and endpoint")
+    c.set_defaults(func=cmd_compress)
+
+    rd = sub.add_parser("read", help="read each photo's meter: region -> 4 corners -> upright strip -> digits")
+    rd.add_argument("--checkpoint", required=True, help=MODEL_HELP)
+    rd.add_argument("--out", required=True, help="CSV to write: " + ",".join(READ_FIELDS))
+    rd.add_argument("--reader", default="auto", choices=READERS, help=READER_HELP)
+    rd.add_argument("--min-confidence", type=float, default=None, help="below it a reading is flagged unreadable")
+    add_engine_args(rd)
+    rd.add_argument("photos", nargs="+", help="photos; or one folder or URL prefix, read on --engine")
+    rd.set_defaults(func=cmd_read)
+
+    ex = sub.add_parser("export", help="write a checkpoint as ONNX files and a model card (model.json) for the tool without torch")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True, help="a new folder (an existing one is refused)")
+    ex.set_defaults(func=cmd_export)
+
+    st = sub.add_parser("study", help="train every run, then execute the notebooks through papermill")
+    st.add_argument("--profile", default="", choices=["", *sorted(PROFILES)],
+                    help=f"default: $METERSEG_PROFILE, else {DEFAULT_PROFILE}")
+    st.add_argument("--results", default="", help="output folder (default: results/ for the default profile, "
+                    "results/<profile>/ for others; $METERSEG_RESULTS overrides)")
+    st.add_argument("--data", default="")
+    st.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every table row")
+    st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
+    st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
+    st.set_defaults(func=cmd_study)
+
+    f = sub.add_parser("fetch", help="download the upstream photos at the pinned commit and verify SHA-256")
+    f.add_argument("--dest")
+    f.set_defaults(func=cmd_fetch)
+    return p
+
+
+def main(argv=None):
+    a = build_parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except (DataError, CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,121 @@
+"""Our own digit reader: a small CRNN with CTC (Shi et al. 2015), trained on the train split's
+rectified labelled quads, to compare with the off-the-shelf recogniser. Training and the torch
+reader; recognisers.py runs the exported one without torch."""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .geometry import rectify
+from .photos import label_readings, open_photo, read_label, to_rgb
+from .recognisers import BLANK, greedy_decode, strip_input
+
+
+class CRNN(nn.Module):
+    """Convolutions down to a 1-pixel-high feature row, a bidirectional GRU along it, per-column digit logits."""
+
+    def __init__(self, width=32):
+        super().__init__()
+        def block(cin, cout, pool):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True), nn.MaxPool2d(pool))
+        self.conv = nn.Sequential(block(1, width, 2), block(width, 2 * width, 2), block(2 * width, 4 * width, (2, 1)),
+                                  block(4 * width, 4 * width, (4, 1)))  # (N, 4w, 1, WIDTH / 4)
+        self.rnn = nn.GRU(4 * width, 2 * width, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(4 * width, BLANK + 1)
+
+    def forward(self, x):
+        """(N, 1, HEIGHT, WIDTH) -> (N, WIDTH / 4, 11) log-probabilities."""
+        f = self.conv(x).squeeze(2).transpose(1, 2)
+        return F.log_softmax(self.head(self.rnn(f)[0]), dim=-1)
+
+
+def to_strip(image):
+    """An RGB strip as the CRNN's normalised grey (1, HEIGHT, WIDTH) tensor."""
+    return torch.from_numpy(strip_input(image))
+
+
+def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
+    """(strips (N,1,H,W), readings) of photos with exactly one candidate reading.
+
+    quads: the corners to rectify (default: the labelled ones). jitter, copies: also add `copies`
+    strips per photo from corners moved by Gaussian noise of `jitter` pixels, so the reader
+    learns the imprecise corners a predicted region gives.
+    """
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for k, (photo, label) in enumerate(zip(photos, labels)):
+        cands = label_readings(label)
+        if len(cands) != 1 or (quads is not None and quads[k] is None):
+            continue  # a half-turned wheel (the target is ambiguous), or no region found
+        image = np.asarray(to_rgb(open_photo(photo), photo))
+        quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
+        for c in range(1 + copies):
+            q = quad + (rng.normal(0, jitter, quad.shape) if c else 0)
+            xs.append(to_strip(rectify(image, q)))
+            ys.append(cands[0])
+    return torch.stack(xs), ys
+
+
+def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
+    """Train a CRNN with CTC; keeps the epoch with the best validation exact-reading accuracy.
+    Returns (model in eval mode, history of (epoch, loss, val exact))."""
+    torch.manual_seed(seed)
+    model = CRNN()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
+    targets = [torch.tensor([int(c) for c in y]) for y in ys]
+    g = torch.Generator().manual_seed(seed)
+    best, best_state, history = -1.0, None, []
+    for epoch in range(epochs):
+        model.train()
+        total = 0.0
+        for idx in torch.randperm(len(x), generator=g).split(batch):
+            xb = x[idx] * (1 + 0.2 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))  # contrast jitter
+            xb = torch.roll(xb, int(torch.randint(-4, 5, (1,), generator=g)), dims=3)  # a few pixels of shift
+            logp = model(xb).transpose(0, 1)  # (T, N, C) for ctc_loss
+            tgt = [targets[i] for i in idx.tolist()]
+            loss = F.ctc_loss(logp, torch.cat(tgt), torch.full((len(idx),), logp.shape[0]),
+                              torch.tensor([len(t) for t in tgt]), blank=BLANK, zero_infinity=True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        exact = np.mean([r == y for r, y in zip(read_strips(model, x_val), ys_val)])
+        history.append((epoch + 1, total / len(x), float(exact)))
+        if exact > best:
+            best, best_state = exact, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return model.eval(), history
+
+
+@torch.no_grad()
+def read_strips(model, x):
+    """Digits of each strip in x (N,1,H,W)."""
+    model.eval()
+    return [greedy_decode(lp.numpy())[0] for lp in model(x)]
+
+
+class OwnReader:
+    """The trained CRNN behind the same interface as reading.Reader."""
+
+    def __init__(self, model):
+        self.model = model.eval()
+
+    def state(self, **meta):
+        """What the shipped checkpoint keeps of this reader under "reader": weights and plain facts."""
+        return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                "width": self.model.rnn.hidden_size // 2, **meta}
+
+    @classmethod
+    def from_state(cls, state):
+        model = CRNN(state["width"])
+        model.load_state_dict(state["state_dict"])
+        return cls(model)
+
+    name = "own"
+
+    @torch.no_grad()
+    def read(self, image):
+        return greedy_decode(self.model(to_strip(image)[None])[0].numpy())

@@ -1,0 +1,446 @@
+"""One runner for `meterseg compress` and `meterseg read` over every store: a local folder is file:// to it,
+s3:// (and any fsspec URL) works alike. Each photo goes through pipeline.compress_row or read_row.
+
+Guarantees, the same for every store and engine:
+- IN is only listed and read; an output equal to IN or inside it is refused.
+- Every output appears whole or not at all (a temp file and a rename; one PUT on an object store),
+  local files with the permissions the user's umask gives a new file.
+- Photos go out in shards. A shard's worker writes its outputs, then one part (a CSV of exactly those
+  rows) under PARTS; the run ends by merging the parts into the table (OUT/manifest.csv, or read's
+  CSV), one row per source, and deletes them. A kill loses at most the shards in flight.
+- Resume (one rule): a row is kept while its status is final (compress: ok or no_region, its output
+  present; read: anything but an error), and its source is unchanged: same size and mtime, and the
+  same ETag where the store gives one (objects), else the same sha256 (local files, hashed again).
+- Clash (one rule): an output keeps its source's name, or appends the new extension when re-encoded
+  (m.tiff -> m.tiff.png); if that name is another source's, the photo gets an error row, never an overwrite.
+- Lock (one rule): on a local file system `<table>.lock` is held with flock for the run (the kernel drops
+  it when the process dies, kill -9 included). Object stores have no lock: run one job per prefix.
+- A bad photo or a failed write gets an `error: ...` row naming it and the batch goes on; read's
+  table is never overwritten.
+Engines: "local" runs shards on threads of this process; "ray" on Ray Data actors, one model each.
+"""
+import csv
+import fcntl
+import io
+import os
+import socket
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from .photos import PHOTO_EXT, DataError
+from .pipeline import EXTENSIONS, FORMATS, JOBS, error_row, load, segment, sha256_bytes
+
+PARTS = "_parts"  # compress: OUT/_parts; read: <table>.parts
+ENGINES = ("local", "ray")
+SHARD = 32  # photos per shard: the unit of work, of a part and of what a kill can lose
+FINAL = {"compress": ("ok", "no_region")}  # read: every status but an error is final
+
+
+def is_url(s):
+    return "://" in str(s)
+
+
+def open_store(url):
+    """(fsspec file system, root path without a trailing slash) of a URL or local path.
+    S3 credentials and endpoint come from the standard AWS variables, as botocore reads them."""
+    import fsspec
+    fs, root = fsspec.core.url_to_fs(str(url))
+    fs.invalidate_cache()  # fsspec shares one instance per process: its cached listings may be old
+    return fs, root.rstrip("/")
+
+
+def is_local(fs):
+    from fsspec.implementations.local import LocalFileSystem
+    return isinstance(fs, LocalFileSystem)
+
+
+def new_file_mode():
+    """The mode a plain new file gets from the user's umask (read, then put back at once)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path, data, mode=None):
+    """Write bytes to a local path whole or not at all (temp file `.part-<name>-*` beside it, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".part-{path.name}-")
+    try:
+        os.fchmod(fd, new_file_mode() if mode is None else mode)  # mkstemp makes 0600: others could not read it
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def put_whole(fs, path, data, mode=None):
+    """Write bytes to path on fs whole or not at all."""
+    if is_local(fs):
+        atomic_write(path, data, mode)
+    else:
+        fs.pipe_file(path, data)  # one PUT: the object store shows it whole or not at all
+
+
+@contextmanager
+def held(fs, path):
+    """Hold `path` (a lock file) for this run on a local file system; a second live run is refused."""
+    if not is_local(fs):
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # a run ending between our open and flock removes the file: lock the new one
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+            os.close(fd)
+            raise DataError(f"{path.parent}: another meterseg run ({holder}) is writing here; "
+                            "wait for it to end or choose another output") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
+    else:
+        raise DataError(f"{path}: could not take the lock")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def parse_rows(text):
+    """Rows of a table's or part's text, dropping a torn last line left by a kill or a full disk."""
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    rows = csv.DictReader(io.StringIO(text, newline=""))
+    return [r for r in rows if None not in r.values() and None not in r]
+
+
+def read_rows(fs, path):
+    """Rows of a table or part on fs ([] if there is none)."""
+    try:
+        return parse_rows(fs.cat_file(path).decode("utf-8", errors="replace"))
+    except FileNotFoundError:
+        return []
+
+
+def rows_csv(rows, fields):
+    """Rows as CSV bytes with a header, missing fields empty: a table or a part of one."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows({k: r.get(k, "") for k in fields} for r in rows)
+    return buf.getvalue().encode()
+
+
+def _version(info):
+    """(mtime in ns, etag) of a listing entry: local files have mtime, objects LastModified and ETag."""
+    if "mtime" in info:
+        return int(info["mtime"] * 1e9), ""
+    t = info.get("LastModified")
+    return (int(t.timestamp() * 1e9) if t is not None else 0), str(info.get("ETag", "")).strip('"')
+
+
+def list_sources(fs, root, url):
+    """{source: {path, size, mtime_ns, etag}} of every photo under a folder or prefix."""
+    if not fs.isdir(root):
+        raise DataError(f"{url}: input folder or prefix not found (nothing under it)")
+    out = {}
+    for path, info in sorted(fs.find(root, detail=True).items()):
+        rel = path[len(root) + 1:]
+        if Path(rel).suffix.lower() in PHOTO_EXT and info.get("type", "file") == "file" and not rel.startswith(PARTS + "/"):
+            mtime_ns, etag = _version(info)
+            out[rel] = {"path": path, "size": int(info["size"]), "mtime_ns": mtime_ns, "etag": etag}
+    return out
+
+
+def file_sources(paths):
+    """{source: {...}} of photo files named one by one (read's arguments); a missing one fails as its row."""
+    out = {}
+    for p in dict.fromkeys(map(str, paths)):
+        try:
+            st = os.stat(p)
+            out[p] = {"path": os.path.abspath(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "etag": ""}
+        except OSError:
+            out[p] = {"path": os.path.abspath(p), "size": "", "mtime_ns": "", "etag": ""}
+    return out
+
+
+def clash_names(sources):
+    """Sources whose name is another source's plus a re-encoding extension (m.tiff.png beside m.tiff):
+    the one output name two photos could claim. Small, so every worker gets it."""
+    exts = {e for es in EXTENSIONS.values() for e in es}
+    return {s for s in sources if any(s.lower().endswith(e) and s[:-len(e)] in sources for e in exts)}
+
+
+def fetch(fs, items):
+    """Each item's bytes, fetched at once (s3fs runs the GETs concurrently); a failed read becomes
+    the item's read_error, so the photo gets its error row."""
+    paths = [it["path"] for it in items]
+    got = fs.cat(paths, on_error="return") if paths else {}
+    for it, path in zip(items, paths):
+        data = got.get(path, FileNotFoundError(path))
+        if isinstance(data, Exception):
+            reason = "no such file" if isinstance(data, FileNotFoundError) else repr(data)
+            it["bytes"], it["read_error"] = b"", f"{it['source']}: cannot read ({reason})"
+        else:
+            it["bytes"], it["read_error"] = data, ""
+    return items
+
+
+class ShardWorker:
+    """Loads the model once; each call does one shard: load, segment, the per-photo function, write
+    the outputs, write the part. The local engine shares one between its threads; Ray runs one per actor.
+    model: a checkpoint file or exported folder, a loaded tool.Tool (local engine), or its files as {name: bytes} (Ray)."""
+
+    def __init__(self, model, job, out_url, parts_url, options, threads=1):
+        from .tool import Tool, load_tool
+        self.job, self.clashes = job, options.get("clashes", set())
+        self.options = {k: v for k, v in options.items() if k not in ("reader", "clashes")}  # the row function's
+        self.row, self.fields = JOBS[job]
+        reader = options.get("reader", "auto") if job == "read" or options.get("read") else None
+        if isinstance(model, Tool):
+            self.tool = model
+        elif isinstance(model, dict):
+            with tempfile.TemporaryDirectory() as tmp:  # the model travels as bytes to a remote actor
+                for name, data in model.items():
+                    (Path(tmp) / name).write_bytes(data)
+                self.tool = load_tool(Path(tmp) / "model.pt" if "model.pt" in model else Path(tmp), reader, threads=threads)
+        else:
+            self.tool = load_tool(model, reader, threads=threads)
+        self.fs, self.root = open_store(out_url)
+        self.parts_fs, self.parts_root = open_store(parts_url)
+        self.mode = new_file_mode()
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+    def work(self, items):
+        """items: dicts with source, bytes (or read_error), size, mtime_ns, etag. Returns the rows,
+        after writing them as one part: a kill before that redoes the shard, never loses a row."""
+        photos, failed = [], {}
+        for it in items:
+            try:
+                if it["read_error"]:
+                    raise DataError(it["read_error"])
+                photos.append(load(it["source"], it["bytes"], self.tool.segmenter.size))
+            except (DataError, OSError) as e:
+                failed[it["source"]] = e
+        segment(self.tool.segmenter, photos)
+        by_source = {p.source: p for p in photos}
+        rows = []
+        for it in items:
+            try:
+                if it["source"] in failed:
+                    raise failed[it["source"]]
+                out, row = self.row(self.tool, by_source[it["source"]], it, **self.options)
+                if out is not None:
+                    row = self.write(row, out)
+            except (DataError, OSError, ValueError) as e:
+                row = error_row(self.fields, it["source"], e, it)
+            rows.append(row)
+        part = f"{self.parts_root}/{self.run_id}-{uuid.uuid4().hex[:12]}.csv"
+        put_whole(self.parts_fs, part, rows_csv(rows, self.fields), self.mode)
+        return rows
+
+    def write(self, row, out):
+        """Write one output whole, unless its name is another source's (the clash rule)."""
+        if row["output"] != row["source"] and row["output"] in self.clashes:
+            raise DataError(f"{row['source']}: its output name {row['output']} is already taken by that source")
+        try:
+            put_whole(self.fs, f"{self.root}/{row['output']}", out, self.mode)
+        except OSError as e:
+            raise DataError(f"{self.root}/{row['output']}: cannot write the output of {row['source']} "
+                            f"({getattr(e, 'strerror', None) or e})") from None
+        return row
+
+    def __call__(self, batch):
+        """Ray Data's map_batches: a pandas batch in, its rows' status out (the rows themselves are in the part)."""
+        import pandas as pd
+        rows = self.work(batch.to_dict("records"))
+        return pd.DataFrame({"status": [r["status"] for r in rows]})
+
+
+def unchanged(row, listed, fs_in):
+    """The resume rule's source check: same size and mtime, and the same ETag (objects) or sha256 (files)."""
+    if row["bytes_in"] != str(listed["size"]) or row["mtime_ns"] != str(listed["mtime_ns"]):
+        return False
+    if listed["etag"]:
+        return row["etag"] == listed["etag"]
+    try:
+        return sha256_bytes(fs_in.cat_file(listed["path"])) == row["sha256"]
+    except OSError:
+        return False
+
+
+def plan(job, fs_in, sources, fs_out, out_root, table, parts, needs_reading=False):
+    """Merge what earlier runs left (compress's table, and the parts of a killed run), keep the rows the
+    resume rule allows, write them back as one part, and return the items still to do.
+    needs_reading: compress --read, so a row done without a reading is redone."""
+    part_files = sorted(fs_out.glob(f"{parts}/*.csv")) if fs_out.isdir(parts) else []
+    merged = {r["source"]: r for r in (read_rows(fs_out, table) if job == "compress" else [])}
+    merged |= {r["source"]: r for p in part_files for r in read_rows(fs_out, p)}
+    existing = {p[len(out_root) + 1:] for p in fs_out.find(out_root)} if merged and job == "compress" else set()
+
+    def final(r):
+        if job == "read":
+            return not r["status"].startswith("error")
+        return r["status"] in ("ok", "no_region") and r["output"] in existing and bool(r["reading_status"]) >= needs_reading
+    candidates = [r for r in merged.values() if r["source"] in sources and final(r)]
+    with ThreadPoolExecutor(8) as pool:
+        fresh = list(pool.map(lambda r: unchanged(r, sources[r["source"]], fs_in), candidates))
+    kept = [r for r, ok in zip(candidates, fresh) if ok]
+    if merged:
+        put_whole(fs_out, f"{parts}/kept-{uuid.uuid4().hex[:12]}.csv", rows_csv(kept, JOBS[job][1]))
+        for p in part_files:
+            fs_out.rm_file(p)  # merged into the part just written
+    skip = {r["source"] for r in kept}
+    return len(kept), [{"source": s, **v} for s, v in sources.items() if s not in skip]
+
+
+def run(job, model, inputs, out, options, engine="local", workers=None, ray_address=None, actors=None, shard=SHARD,
+        progress=True):
+    """Every photo of inputs through the job ("compress" or "read"), resumed, into out; returns the table's rows.
+
+    inputs: a folder or URL prefix, or (read) a list of photo files. out: compress's output folder or
+    prefix (its table is OUT/manifest.csv), or read's CSV (never overwritten). model: a checkpoint
+    file or exported folder (or, on the local engine, a loaded tool.Tool). options: the per-photo
+    function's keyword arguments, and reader (a tool.READERS name) and clashes for the worker.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
+    if job == "compress" and options.get("fmt", "lossless") not in FORMATS:
+        raise ValueError(f"unknown format {options['fmt']!r}: expected one of {FORMATS}")
+    from .tool import CheckpointError, Tool
+    if isinstance(model, Tool) and engine != "local":
+        raise ValueError("a loaded Tool runs on the local engine only; give Ray the checkpoint or exported folder")
+    if not isinstance(model, Tool) and not Path(model).exists():
+        raise CheckpointError(f"{model}: no such checkpoint or exported folder")
+    fs_out, out_root = open_store(out)
+    if isinstance(inputs, (list, tuple)):
+        fs_in, in_root, sources = open_store(".")[0], None, file_sources(inputs)
+    else:
+        fs_in, in_root = open_store(inputs)
+        if type(fs_in) is type(fs_out) and (out_root == in_root or out_root.startswith(in_root + "/")):
+            raise DataError(f"{out}: the output must not be the input or inside it ({inputs})")
+        sources = list_sources(fs_in, in_root, inputs)
+    if job == "compress":
+        table, parts = f"{out_root}/manifest.csv", f"{out_root}/{PARTS}"
+        options = options | {"clashes": clash_names(sources)}
+    else:
+        table, parts = out_root, f"{out_root}.parts"
+        if fs_out.exists(table):
+            raise DataError(f"{out}: already exists; choose another --out or remove it (readings are never overwritten)")
+    try:
+        fs_out.makedirs(out_root if job == "compress" else parts, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the output ({getattr(e, 'strerror', None) or e})") from None
+    t0 = time.perf_counter()
+    with held(fs_out, f"{table}.lock"):
+        if is_local(fs_out) and job == "compress":
+            for tmp in Path(out_root).rglob(".part-*"):
+                tmp.unlink(missing_ok=True)  # a killed run's half-written output (we hold the lock: no live writer)
+        done, todo = plan(job, fs_in, sources, fs_out, out_root, table, parts, bool(options.get("read")))
+        if progress:
+            print(f"[{job}] {done} photos already done, {len(todo)} to do ({engine} engine)", flush=True)
+        if todo:
+            out_url = str(out).rstrip("/")  # the workers open the store from URLs, as Ray actors must
+            parts_url = f"{out_url}/{PARTS}" if job == "compress" else f"{out_url}.parts"
+            worker_args = (job, out_url if job == "compress" else parts_url, parts_url, options)
+            (run_on_ray if engine == "ray" else run_local)(model, worker_args, fs_in, todo, workers, ray_address, actors, shard)
+        rows = {}
+        fs_out.invalidate_cache()  # the workers wrote parts (Ray's through other instances): list afresh
+        for p in sorted(fs_out.glob(f"{parts}/*.csv")):
+            rows |= {r["source"]: r for r in read_rows(fs_out, p)}  # a shard retried by Ray appears twice: once here
+        rows = [rows[s] for s in sources if s in rows]  # a folder's sorted listing, or read's files as given
+        put_whole(fs_out, table, rows_csv(rows, JOBS[job][1]))
+        fs_out.rm(parts, recursive=True) if fs_out.exists(parts) else None
+    if progress:
+        print(f"[{job}] {len(rows)} rows in {table} ({time.perf_counter() - t0:.1f} s, {engine} engine)", flush=True)
+    return rows
+
+
+def run_local(model, worker_args, fs_in, todo, workers, ray_address, actors, shard):
+    """Shards on `workers` threads of this process, one model shared by them, one model thread each."""
+    workers = workers or os.cpu_count()
+    shard = max(1, min(shard, -(-len(todo) // workers)))
+    import sys
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
+    worker = ShardWorker(model, *worker_args)
+    if torch:
+        torch.set_num_threads(1)  # the workers share the cores
+    try:
+        shards = [todo[i:i + shard] for i in range(0, len(todo), shard)]
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda items: worker.work(fetch(fs_in, [dict(it) for it in items])), shards))
+    finally:
+        if torch and threads:
+            torch.set_num_threads(threads)
+
+
+def pack(model):
+    """A checkpoint file or exported folder as {name: bytes}, to travel to Ray actors."""
+    model = Path(model)
+    if model.is_file():
+        return {"model.pt": model.read_bytes()}
+    return {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+
+
+def actor_cpus(cluster_cpus, actors):
+    """CPUs reserved per actor, leaving half a CPU to the read tasks: with every CPU held by an
+    actor the reads could never be scheduled, and the pipeline would wait forever."""
+    return max(0.01, min(1.0, (cluster_cpus - 0.5) / actors))
+
+
+def run_on_ray(model, worker_args, fs_in, todo, workers, ray_address, actors, shard):
+    """Read tasks fetch each shard's bytes; an actor pool (the model loaded once per actor) works them."""
+    import ray
+    from ray.data import ActorPoolStrategy
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    started = not ray.is_initialized()
+    if started:
+        env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+        kw = {"address": ray_address} if ray_address else {"num_cpus": os.cpu_count(), "include_dashboard": False}
+        ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=False, **kw)
+    try:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        n = actors or max(1, int(cpus))
+        per = actor_cpus(cpus, n)
+
+        def read(batch):
+            import pandas as pd  # bytes stay Python bytes in pandas (numpy's "S" would drop trailing NULs)
+            return pd.DataFrame(fetch(fs_in, batch.to_dict("records")))
+        ds = ray.data.from_items(todo, override_num_blocks=max(1, len(todo) // shard))
+        ds = ds.map_batches(read, batch_size=shard, batch_format="pandas", num_cpus=0.25)
+        ds = ds.map_batches(ShardWorker, batch_size=shard, batch_format="pandas", compute=ActorPoolStrategy(size=n),
+                            num_cpus=per, fn_constructor_args=(pack(model), *worker_args, max(1, int(per))))
+        for _ in ds.iter_batches(batch_size=None):
+            pass  # the workers wrote outputs and parts; run merges the parts
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def compress(model, in_dir, out_dir, margin=None, fmt="lossless", quality=90, read=False, reader="auto", **run_kw):
+    """`meterseg compress`: crop every photo under in_dir into out_dir, with out_dir/manifest.csv (its rows
+    returned). margin None: the model's own. read: also read each meter (reading columns)."""
+    options = {"margin": margin, "fmt": fmt, "quality": quality, "read": read, "reader": reader}
+    return run("compress", model, in_dir, out_dir, options, **run_kw)
+
+
+def read(model, inputs, out, reader="auto", min_confidence=None, **run_kw):
+    """`meterseg read`: one READ_FIELDS row per photo (inputs: a folder, a URL prefix or a list of files)
+    into the CSV out, which is never overwritten."""
+    from .pipeline import MIN_CONFIDENCE
+    options = {"reader": reader, "min_confidence": MIN_CONFIDENCE if min_confidence is None else min_confidence}
+    return run("read", model, inputs, out, options, **run_kw)

@@ -1,0 +1,123 @@
+"""The model behind every entry point of the tool: a torch checkpoint (what the study trains) or a
+folder written by `meterseg export` (ONNX files and a model card, model.json; no torch needed).
+
+A Tool is a segmenter (`size`, `crop_margin`, `gaps(uint8 (N,3,S,S)) -> float32 (N,S,S)` logit
+gaps), the recogniser when the job reads, and `backend`, which says what runs the model.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import CROP_MARGIN
+
+CARD = "model.json"
+SEGMENTER_ONNX, READER_ONNX = "segmenter.onnx", "reader.onnx"
+READERS = ("auto", "own", "rapidocr")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or exported model that cannot be loaded; the message names the file."""
+
+
+@dataclass
+class Tool:
+    segmenter: object
+    reader: object = None
+
+    @property
+    def backend(self):
+        return self.segmenter.backend + (f" + reader {self.reader.name}" if self.reader is not None else "")
+
+
+class OnnxSegmenter:
+    """The exported segmenter run by ONNX Runtime: uint8 photos in, logit gaps out (the graph normalises)."""
+
+    backend = "onnxruntime fp32"
+
+    def __init__(self, path, size, crop_margin, threads=1):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            raise CheckpointError(f"{path}: not a loadable ONNX model ({str(e)[:200]})") from None
+        shape = self.session.get_inputs()[0].shape
+        if list(shape[1:]) != [3, size, size]:
+            raise CheckpointError(f"{path}: takes input {shape}, but {Path(path).parent / CARD} says {size} px")
+        self.size, self.crop_margin = size, crop_margin
+
+    def gaps(self, images):
+        return self.session.run(None, {"image": np.ascontiguousarray(images, dtype=np.uint8)})[0]
+
+
+def read_card(folder):
+    """The model card of an exported folder, checked: a clear error naming the file, never a traceback."""
+    path = Path(folder) / CARD
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing: {folder} is not a folder written by `meterseg export`")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+        size = int(card["input"]["size"])
+        margin = float(card["crop"]["margin"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a valid model card ({type(e).__name__}: {e})") from None
+    if not (Path(folder) / SEGMENTER_ONNX).is_file():
+        raise CheckpointError(f"{Path(folder) / SEGMENTER_ONNX}: missing from the exported folder")
+    return card | {"input": card["input"] | {"size": size}, "crop": card["crop"] | {"margin": margin}}
+
+
+def load_reader(path, name="auto", threads=1):
+    """The recogniser of a checkpoint or an exported folder: "own" is our CRNN (notebook 06 stores it
+    in the shipped model), "rapidocr" the off-the-shelf one, "auto" ours when the model carries it."""
+    from .recognisers import OnnxCRNN, RapidReader
+    if name not in READERS:
+        raise ValueError(f"unknown reader {name!r}: expected one of {READERS}")
+    path = Path(path)
+    if name == "rapidocr":
+        return RapidReader(threads)
+    if path.is_dir():
+        if (path / READER_ONNX).is_file():
+            return OnnxCRNN(path / READER_ONNX, threads)
+    elif path.is_file():
+        from .ownreader import OwnReader
+        state = _torch_load(path).get("reader")
+        if state is not None:
+            return OwnReader.from_state(state)
+    else:
+        raise CheckpointError(f"{path}: no such checkpoint or exported folder")
+    if name == "own":
+        raise CheckpointError(f"{path}: carries no reader of ours (notebook 06 adds it); use --reader rapidocr")
+    return RapidReader(threads)
+
+
+def _torch_load(path):
+    import torch
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code, RuntimeError/EOFError for junk
+        raise CheckpointError(f"{path}: refused: not a plain weights checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck or "config" not in ck:
+        raise CheckpointError(f"{path}: not a meterseg checkpoint (needs state_dict and config)")
+    return ck
+
+
+def load_tool(path, reader=None, device="auto", threads=1):
+    """The Tool of a checkpoint file or an exported folder; reader: a READERS name, or None not to read."""
+    path = Path(path)
+    if path.is_dir():
+        card = read_card(path)
+        segmenter = OnnxSegmenter(path / SEGMENTER_ONNX, card["input"]["size"], card["crop"]["margin"], threads)
+    elif path.is_file():
+        from .predictor import Predictor
+        segmenter = Predictor.load(path, device)
+    else:
+        raise CheckpointError(f"{path}: no such checkpoint or exported folder")
+    return Tool(segmenter, None if reader is None else load_reader(path, reader, threads))
+
+
+def default_margin(cfg):
+    """A model's crop margin: the one stored with it (notebook 05 chose it on validation), else CROP_MARGIN."""
+    return float(cfg.get("crop_margin", CROP_MARGIN))
