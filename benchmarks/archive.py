@@ -69,9 +69,7 @@ def main():
     a = ap.parse_args()
     import fsspec
     import torch
-    from meterseg.archive import compress_archive
-    from meterseg.compress import compress
-    from meterseg.predictor import Predictor
+    from meterseg.runner import compress
 
     tmp = Path(tempfile.mkdtemp(prefix="meterseg-bench-"))
     server = s3_server()
@@ -96,15 +94,11 @@ def main():
                 s3.rm("bench/out", recursive=True)
             s3.invalidate_cache()
 
-        predictor = Predictor.load(a.checkpoint, "cpu")
         rows = {}
-        rows["local folders, threads (compress)"] = best(
-            lambda: compress(predictor, src, tmp / "out", progress=False), rm_local, a.reps)
-        rows["in-process engine, file:// -> file://"] = best(
-            lambda: compress_archive(a.checkpoint, f"file://{src}", f"file://{tmp / 'out'}", progress=False),
-            rm_local, a.reps)
-        rows["in-process engine, s3:// -> s3:// (moto)"] = best(
-            lambda: compress_archive(a.checkpoint, "s3://bench/in", "s3://bench/out", progress=False), rm_s3, a.reps)
+        rows["local engine, local folders"] = best(
+            lambda: compress(a.checkpoint, src, tmp / "out", progress=False), rm_local, a.reps)
+        rows["local engine, s3:// -> s3:// (moto)"] = best(
+            lambda: compress(a.checkpoint, "s3://bench/in", "s3://bench/out", progress=False), rm_s3, a.reps)
         import ray
         t = time.perf_counter()
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
@@ -112,21 +106,21 @@ def main():
         fixed = {}
         for n in (1, 2):
             rows[f"Ray engine, {n} actor(s), s3:// -> s3://"] = best(
-                lambda: compress_archive(a.checkpoint, "s3://bench/in", "s3://bench/out", engine="ray", actors=n,
+                lambda: compress(a.checkpoint, "s3://bench/in", "s3://bench/out", engine="ray", actors=n,
                                          progress=False), rm_s3, a.reps)
             # a quarter of the photos (one site): fixed cost (actors start, model loads) and marginal rate
-            quarter = best(lambda: compress_archive(a.checkpoint, "s3://bench/in/site-0", "s3://bench/out",
+            quarter = best(lambda: compress(a.checkpoint, "s3://bench/in/site-0", "s3://bench/out",
                                                     engine="ray", actors=n, progress=False), rm_s3, a.reps)
             full = rows[f"Ray engine, {n} actor(s), s3:// -> s3://"]
             if full > quarter:  # on a few photos the noise can exceed the work: nothing to split then
                 rate = (a.photos - a.photos / 4) / (full - quarter)
                 fixed[n] = (quarter - a.photos / 4 / rate, rate)
         ray.shutdown()
-        ref = rows["local folders, threads (compress)"]
-        print(f"\n| engine | seconds | photos/s | vs local folders |\n|---|---|---|---|")
+        ref = rows["local engine, local folders"]
+        print("\n| engine | seconds | photos/s | vs local folders |\n|---|---|---|---|")
         for name, sec in rows.items():
             print(f"| {name} | {sec:.2f} | {a.photos / sec:.1f} | {ref / sec:.2f}x |")
-        s3_cost = rows["in-process engine, s3:// -> s3:// (moto)"] / rows["in-process engine, file:// -> file://"]
+        s3_cost = rows["local engine, s3:// -> s3:// (moto)"] / rows["local engine, local folders"]
         print(f"\nS3 (moto) against local files, same engine: {s3_cost:.2f}x the time")
         for n in (1, 2):
             print(f"Ray, {n} actor(s): " + (f"fixed cost per run {fixed[n][0]:.1f} s, marginal rate {fixed[n][1]:.1f} "

@@ -4,29 +4,21 @@
   equal widths and size, both memory layouts, and their ratio (peers take turns, best of 7);
 - achieved GFLOP/s of a training step (FlopCounterMode) as % of a 2048^3 fp32 matmul timed here;
 - the study's way of training: one run with every core against one run per core side by side;
-- `compress` photos/s against decoding and re-encoding the same photos (one thread, and as many
-  threads as compress uses).
+- (`compress` against decoding and re-encoding the same photos: benchmarks/compress_speed.py)
 
 Run: .venv/bin/pip install monai && .venv/bin/python benchmarks/bench.py
 """
 import argparse
-import io
-import itertools
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from meterseg.config import REPO
-from meterseg.dataset import find_data, unlabelled_photos
 from meterseg.losses import combo_loss
 from meterseg.models import UNet
 
@@ -181,37 +173,8 @@ def bench_parallel_runs():
           f"{cores} runs x 1 thread {many:.1f} img/s together ({many / one:.2f}x)")
 
 
-def bench_compress(n=100, workers=None):
-    from meterseg.compress import compress
-    from meterseg.predictor import Predictor
-    workers = workers or os.cpu_count()
-    photos = unlabelled_photos(find_data())[:n]
-    predictor = Predictor.load(REPO / "results" / "models" / "attunet.pt", "cpu")
-
-    def floor(p):  # the bare cost: decode every photo fully and encode it again once
-        Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90)
-
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(workers) as pool:
-        src = Path(tmp) / "in"
-        src.mkdir()
-        for p in photos:
-            (src / p.name).write_bytes(p.read_bytes())
-        runs, rows = itertools.count(), []
-
-        def ours():  # a fresh output folder each time: compress skips what is done
-            rows[:] = compress(predictor, src, Path(tmp) / f"out{next(runs)}", workers=workers, progress=False)
-        t = best_times({"ours": ours, "floor1": lambda: [floor(p) for p in photos],
-                        "floor_n": lambda: list(pool.map(floor, photos))}, warmup=1, reps=3)
-    ours, floor1, floor_n = (len(photos) / t[k] for k in ("ours", "floor1", "floor_n"))
-    methods = sorted({r["method"] for r in rows})
-    print(f"compress ({len(photos)} unlabelled photos, {workers} workers, {'/'.join(methods)}): {ours:.1f} photos/s; "
-          f"bare decode+encode: {floor1:.1f} photos/s on 1 thread ({ours / floor1:.2f}x), "
-          f"{floor_n:.1f} photos/s on {workers} threads ({ours / floor_n:.2f}x)")
-
-
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--skip-compress", action="store_true")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -229,8 +192,6 @@ def main():
     bench_width_sweep(peak)
     bench_inference_model()
     bench_parallel_runs()
-    if not a.skip_compress:
-        bench_compress()
     print(f"matmul again at the end, best of 20: {matmul_gflops():.1f} GFLOP/s (a large change: the machine was busy)")
 
 

@@ -18,8 +18,8 @@ from meterseg.dataset import find_data, unlabelled_photos
 from meterseg.jpegcrop import JPEGTRAN, lossless_crop
 from meterseg.losses import combo_loss
 from meterseg.models import UNet
-from meterseg.photos import open_photo
-from meterseg.predictor import Predictor, gap_box, grow_box, logit_gap_to_mask, region_box
+from pathlib import Path
+from meterseg.geometry import grow_box
 
 
 def profile_training_step(base, size, steps=5):
@@ -54,39 +54,42 @@ def profile_training_step(base, size, steps=5):
               f"{e.self_cpu_time_total / steps / 1e3:.2f} |")
 
 
-def profile_compress(n=40):
+def profile_compress(n=40, checkpoint=REPO / "results" / "models" / "attunet.pt"):
+    """What each stage of compress (pipeline.py) costs a photo, one thread, from the torch checkpoint and its export."""
+    import tempfile
+    from meterseg import pipeline
+    from meterseg.export import export
+    from meterseg.tool import load_tool
     torch.set_num_threads(1)
     photos = unlabelled_photos(find_data())[:n]
-    predictor = Predictor.load(REPO / "results" / "models" / "attunet.pt", "cpu")
-    t = defaultdict(float)
+    with tempfile.TemporaryDirectory() as tmp:
+        tools = {"torch": load_tool(checkpoint, device="cpu"), "onnxruntime": load_tool(export(checkpoint, Path(tmp) / "e"))}
+        t = defaultdict(float)
 
-    def timed(name, fn):
-        s = time.perf_counter()
-        out = fn()
-        t[name] += time.perf_counter() - s
-        return out
-    for p in photos:  # the stages of compress.compress, one photo at a time
-        data = timed("read the file", p.read_bytes)
-        x, orig = timed("decode at reduced size + resize (Predictor.inputs)", lambda: predictor.inputs(p, data))
-        g = timed("model, batch 1 (Predictor.logit_gaps)", lambda: predictor.logit_gaps(x)[0])
-        mask, _ = timed("before: upsample + threshold at photo size (logit_gap_to_mask)", lambda: logit_gap_to_mask(g, orig))
-        timed("before: bounding box of the full mask (region_box)", lambda: region_box(mask))
-        box = grow_box(timed("box on a window of the model grid (gap_box)", lambda: gap_box(g, orig))[0], 0.2, orig)
-        timed("header re-read (open_photo)", lambda: open_photo(p, data))
-        timed("lossless crop in process (turbojpeg)", lambda: lossless_crop(data, box, p, "lossless-turbojpeg"))
-        if JPEGTRAN:
-            timed("lossless crop (jpegtran subprocess, the fallback)", lambda: lossless_crop(data, box, p, "lossless-jpegtran"))
-        timed("floor: full decode + JPEG encode", lambda: Image.open(p).convert("RGB").save(io.BytesIO(), "JPEG", quality=90))
-    batch = torch.cat([predictor.inputs(p)[0] for p in photos[:8]])
-    predictor.logit_gaps(batch)
-    s = time.perf_counter()
-    predictor.logit_gaps(batch)
-    per_img = (time.perf_counter() - s) / 8
+        def timed(name, fn):
+            s = time.perf_counter()
+            out = fn()
+            t[name] += time.perf_counter() - s
+            return out
+        datas = [timed("read the file", p.read_bytes) for p in photos]
+        loaded = [timed("decode at reduced size + resize (pipeline.load)", lambda: pipeline.load(p.name, d, 128))
+                  for p, d in zip(photos, datas)]
+        for name, tool in tools.items():
+            pipeline.segment(tool.segmenter, loaded[:8])
+            timed(f"model, batch 8 ({tool.backend})", lambda: pipeline.segment(tool.segmenter, loaded))
+        for p in loaded:
+            box = timed("box on a window of the model grid (pipeline.region)", lambda: pipeline.region(p))[0]
+            timed("lossless crop in process (pipeline.crop, turbojpeg)", lambda: pipeline.crop(p, box, 0.05))
+            if JPEGTRAN and box is not None:
+                timed("lossless crop (jpegtran subprocess, the fallback)",
+                      lambda: lossless_crop(p.data, grow_box(box, 0.05, p.size), p.source, "lossless-jpegtran"))
+            timed("sha256 of the photo (the resume rule)", lambda: pipeline.sha256_bytes(p.data))
+        for d in datas:
+            timed("floor: full decode + JPEG encode", lambda: Image.open(io.BytesIO(d)).convert("RGB").save(io.BytesIO(), "JPEG", quality=90))
     print(f"\ncompress stages, one thread, mean over {len(photos)} unlabelled photos:")
     print("| stage | ms/photo |\n|---|---|")
     for k, v in t.items():
         print(f"| {k} | {1e3 * v / len(photos):.2f} |")
-    print(f"| model, batch 8 (as compress runs it) | {1e3 * per_img:.2f} |")
 
 
 def main():

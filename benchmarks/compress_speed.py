@@ -9,7 +9,6 @@ PYTHONPATH=<old checkout>/lib python benchmarks/compress_speed.py (the one-pipel
 import argparse
 import io
 import itertools
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -30,12 +30,14 @@ def test_compress_benchmark_and_breakdown_run_on_the_sample(tmp_path, monkeypatc
     shutil.copytree(SAMPLE, data)
     monkeypatch.setenv("METERSEG_DATA", str(data))
     threads = torch.get_num_threads()
-    script("bench").bench_compress(n=1, workers=1)
+    monkeypatch.setattr("sys.argv", ["compress_speed.py", "--photos", "1", "--reps", "1", "--export"])
+    script("compress_speed").main()
     script("breakdown").profile_compress(n=1)
     torch.set_num_threads(threads)  # profile_compress pins one thread
     out = capsys.readouterr().out
-    assert "compress (1 unlabelled photos, 1 workers" in out and "| model, batch 8 (as compress runs it) |" in out
-    assert "| lossless crop in process (turbojpeg) |" in out
+    assert "| onnxruntime fp32 | 1 |" in out and "| onnxruntime fp32 | 2 |" in out
+    assert "| model, batch 8 (onnxruntime fp32) |" in out and "| model, batch 8 (torch fp32 cpu) |" in out
+    assert "| lossless crop in process (pipeline.crop, turbojpeg) |" in out
     assert ("| lossless crop (jpegtran subprocess, the fallback) |" in out) == bool(JPEGTRAN)
 
 
@@ -47,7 +49,7 @@ def test_archive_benchmark_runs_every_engine_on_a_few_photos():
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "archive.py"), "--photos", "8", "--reps", "1"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    for row in ("| local folders, threads (compress) |", "| in-process engine, s3:// -> s3:// (moto) |",
+    for row in ("| local engine, local folders |", "| local engine, s3:// -> s3:// (moto) |",
                 "| Ray engine, 1 actor(s), s3:// -> s3:// |", "| Ray engine, 2 actor(s), s3:// -> s3:// |",
                 "S3 (moto) against local files", "Ray, 2 actor(s): "):
         assert row in r.stdout, row
