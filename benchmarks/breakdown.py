@@ -15,11 +15,9 @@ from torch.profiler import ProfilerActivity, profile
 
 from meterseg.config import REPO
 from meterseg.dataset import find_data, unlabelled_photos
-from meterseg.jpegcrop import JPEGTRAN, lossless_crop
 from meterseg.losses import combo_loss
 from meterseg.models import UNet
 from pathlib import Path
-from meterseg.geometry import grow_box
 
 
 def profile_training_step(base, size, steps=5):
@@ -80,9 +78,6 @@ def profile_compress(n=40, checkpoint=REPO / "results" / "models" / "attunet.pt"
         for p in loaded:
             box = timed("box on a window of the model grid (pipeline.region)", lambda: pipeline.region(p))[0]
             timed("lossless crop in process (pipeline.crop, turbojpeg)", lambda: pipeline.crop(p, box, 0.05))
-            if JPEGTRAN and box is not None:
-                timed("lossless crop (jpegtran subprocess, the fallback)",
-                      lambda: lossless_crop(p.data, grow_box(box, 0.05, p.size), p.source, "lossless-jpegtran"))
             timed("sha256 of the photo (the resume rule)", lambda: pipeline.sha256_bytes(p.data))
         for d in datas:
             timed("floor: full decode + JPEG encode", lambda: Image.open(io.BytesIO(d)).convert("RGB").save(io.BytesIO(), "JPEG", quality=90))

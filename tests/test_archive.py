@@ -12,7 +12,7 @@ from conftest import SAMPLE
 from meterseg import runner as archive
 from meterseg.photos import DataError
 from meterseg.pipeline import READ_FIELDS
-from meterseg.runner import parse_rows as parse_manifest
+from meterseg.stores import PARTS, parse_rows as parse_manifest, rows_csv
 
 pytest.importorskip("s3fs")
 PHOTOS = sorted(SAMPLE.rglob("*.jpg"))
@@ -84,7 +84,7 @@ def check_run(fs, bucket, rows):
             assert len(crop) == int(r["bytes_out"]) < int(r["bytes_in"])
         else:
             assert hashlib.sha256(crop).hexdigest() == r["sha256"]  # copied whole
-    assert not fs.find(f"{bucket}/out/{archive.PARTS}")
+    assert not fs.find(f"{bucket}/out/{PARTS}")
 
 
 def test_s3_to_s3_in_process(s3, bucket, smoke_run, capsys):
@@ -157,8 +157,8 @@ def test_a_retried_shard_gives_one_row_per_source(s3, bucket, smoke_run):
     ck = smoke_run[0] / "best.pt"
     rows = archive.compress(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
     fields = archive.JOBS["compress"][1]
-    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-1.csv", archive.rows_csv(rows[:3], fields))
-    s3.pipe_file(f"{bucket}/out/{archive.PARTS}/old-2.csv", archive.rows_csv(rows[:3], fields))
+    s3.pipe_file(f"{bucket}/out/{PARTS}/old-1.csv", rows_csv(rows[:3], fields))
+    s3.pipe_file(f"{bucket}/out/{PARTS}/old-2.csv", rows_csv(rows[:3], fields))
     again = archive.compress(ck, f"s3://{bucket}/in", f"s3://{bucket}/out", progress=False)
     check_run(s3, bucket, again)
 
@@ -175,7 +175,7 @@ def test_a_killed_run_reruns_without_redoing_what_was_done(s3, bucket, smoke_run
     parts = []
     for _ in range(600):  # at most 60 s
         s3.invalidate_cache()
-        parts = s3.find(f"{bucket}/out/{archive.PARTS}")
+        parts = s3.find(f"{bucket}/out/{PARTS}")
         if len(parts) >= 3 or proc.poll() is not None:
             break
         time.sleep(0.1)
@@ -183,7 +183,7 @@ def test_a_killed_run_reruns_without_redoing_what_was_done(s3, bucket, smoke_run
     proc.wait(timeout=30)
     assert proc.returncode == -9, "the run ended before it could be killed"
     s3.invalidate_cache()
-    parts = s3.find(f"{bucket}/out/{archive.PARTS}")
+    parts = s3.find(f"{bucket}/out/{PARTS}")
     done = {r["source"] for p in parts for r in parse_manifest(s3.cat_file(p).decode())
             if r["status"] in ("ok", "no_region")}
     assert done and not s3.exists(f"{bucket}/out/manifest.csv")

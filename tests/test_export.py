@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import SAMPLE
-from meterseg import runner
+from meterseg import runner, stores
 from meterseg.export import export
 from meterseg.ownreader import CRNN, OwnReader, to_strip
 from meterseg.pipeline import load, quad, segment
@@ -93,13 +93,13 @@ def test_compress_and_read_from_an_export_without_torch(shipped, photos, tmp_pat
     r = run("read", "--checkpoint", folder, "--out", tmp_path / "readings.csv", photos)
     assert r.returncode == 1 and "bad.jpg" in r.stderr and "Traceback" not in r.stderr, r.stderr
     with_torch = runner.compress(ck, photos, tmp_path / "ref", read=True, progress=False)
-    fs = runner.open_store(tmp_path)[0]
-    without = {r["source"]: r for r in runner.read_rows(fs, str(tmp_path / "out" / "manifest.csv"))}
+    fs = stores.open_store(tmp_path)[0]
+    without = {r["source"]: r for r in stores.read_rows(fs, str(tmp_path / "out" / "manifest.csv"))}
     keys = ("status", "x0", "y0", "x1", "y1", "output", "reading", "reading_status")
     assert len(without) == len(with_torch) == 9
     for row in with_torch:
         assert {k: str(row[k]) for k in keys} == {k: without[row["source"]][k] for k in keys}, row["source"]
-    readings = runner.read_rows(fs, str(tmp_path / "readings.csv"))
+    readings = stores.read_rows(fs, str(tmp_path / "readings.csv"))
     assert {r["source"]: r["reading"] for r in readings} == {r["source"]: r["reading"] for r in with_torch}
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import SAMPLE, meterseg, tree_hashes
-from meterseg import geometry, pipeline, recognisers, runner
+from meterseg import geometry, pipeline, recognisers, runner, stores
 from meterseg.photos import label_readings, polygon_mask, read_label
 from meterseg.predictor import Predictor
 from meterseg.reading_eval import digit_accuracy
@@ -17,7 +17,7 @@ from meterseg.tool import Tool, load_reader
 
 
 def read_manifest(path):
-    return runner.read_rows(runner.open_store(path)[0], str(path))
+    return stores.read_rows(stores.open_store(path)[0], str(path))
 
 
 def test_order_corners_clockwise_from_top_left():

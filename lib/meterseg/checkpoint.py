@@ -1,6 +1,6 @@
 """Checkpoints: saved atomically, loaded with weights_only (pickled code refused), checked against their config."""
+import io
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -8,15 +8,15 @@ import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .models import build_model
+from .stores import atomic_write
 from .tool import CheckpointError, _torch_load
 
 
 def save_checkpoint(path, state):
-    """torch.save to a temp file, then rename, so a kill never leaves half a checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """torch.save, written whole or not at all, so a kill never leaves half a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def amend_shipped(checkpoint, edit, title, text):
@@ -31,7 +31,7 @@ def amend_shipped(checkpoint, edit, title, text):
     sections = [s for s in re.split(r"(?=\n## )", readme.read_text()) if not s.startswith(f"\n## {title}\n")]
     at = next((i for i, s in enumerate(sections) if s.startswith("\n## The reader\n")), len(sections))
     sections.insert(at, f"\n## {title}\n\n{text}")
-    readme.write_text("".join(sections))
+    atomic_write(readme, "".join(sections).encode())
     return checkpoint
 
 

@@ -1,16 +1,12 @@
 """Command line: meterseg {train, predict, evaluate, compress, read, study, fetch}."""
 import argparse
-import csv
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 
 from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
-from .photos import PHOTO_EXT, DataError, read_mask
+from .photos import DataError
 from .pipeline import READ_FIELDS
 from .tool import READERS, CheckpointError
 
@@ -59,82 +55,14 @@ def cmd_train(a):
     return 0
 
 
-def mask_names(photos):
-    """Output mask name of each photo: its path relative to the photos' common folder, whole
-    file name kept, '.png' appended (a/x.jpg -> a/x.jpg.png), so two photos never share a mask."""
-    paths = [Path(p).resolve() for p in photos]
-    if not paths:
-        return {}
-    root = Path(os.path.commonpath([p.parent for p in paths]))
-    return {p: p.relative_to(root).as_posix() + ".png" for p in paths}
-
-
 def cmd_predict(a):
-    from .predictor import Predictor
-    predictor = Predictor.load(a.checkpoint, a.device)
-    out = Path(a.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"{out}: cannot create the output folder ({e.strerror})") from None
-    failed = 0
-    for photo, name in mask_names(dict.fromkeys(a.photos)).items():
-        try:
-            mask, conf = predictor.mask(photo)
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
-            print(f"{photo}: {int(mask.sum())} region pixels, confidence {conf:.3f} -> {out / name}")
-        except (DataError, OSError) as e:
-            failed += 1
-            print(f"error: {e}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _mask_stem(path):
-    """The photo stem a mask file stands for: x.jpg.png (predict's naming) and x.png both give x."""
-    name = Path(path).name.rsplit(".", 1)[0]
-    return Path(name).stem if Path(name).suffix.lower() in PHOTO_EXT else name
+    from .predictor import Predictor, write_masks
+    return 1 if write_masks(Predictor.load(a.checkpoint, a.device), a.photos, a.out) else 0
 
 
 def cmd_evaluate(a):
-    from .metrics import METRICS, image_scores, summarize
-    pred_dir, truth_dir = Path(a.pred), Path(a.truth)
-    for d in (pred_dir, truth_dir):
-        if not d.is_dir():
-            print(f"error: {d}: folder not found", file=sys.stderr)
-            return 2
-    truths = {p.stem: p for p in sorted(truth_dir.iterdir()) if p.suffix.lower() in PHOTO_EXT}
-    preds = {}
-    for p in sorted(pred_dir.rglob("*")):
-        if p.suffix.lower() in PHOTO_EXT and p.is_file():
-            preds.setdefault(_mask_stem(p), []).append(p)
-    rows, failed = [], 0
-    for stem, tpath in truths.items():
-        matches = preds.get(stem, [])
-        try:
-            if not matches:
-                raise DataError(f"{pred_dir / stem}.*: no prediction for ground truth {tpath}")
-            if len(matches) > 1:
-                raise DataError(f"{tpath}: several predictions could be its: {', '.join(map(str, matches))}")
-            pred, truth = read_mask(matches[0]), read_mask(tpath)
-            if pred.shape != truth.shape:
-                raise DataError(f"{matches[0]}: size {pred.shape[::-1]} differs from {tpath} {truth.shape[::-1]}")
-            rows.append({"image": stem, **image_scores(pred, truth)})
-        except DataError as e:
-            failed += 1
-            print(f"error: {e}", file=sys.stderr)
-    if not rows:
-        print(f"error: {truth_dir}: no image could be evaluated", file=sys.stderr)
-        return 2
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(a.out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["image", *METRICS], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    s = summarize(rows)
-    print(f"{len(rows)} images ({failed} failed): " + ", ".join(f"{m} {s[m]:.4f}±{s[m + '_sd']:.4f}" for m in METRICS)
-          + f", pooled dice {s['pooled_dice']:.4f} (SD with ddof=1)")
-    return 1 if failed else 0
+    from .metrics import evaluate_folders
+    return evaluate_folders(a.pred, a.truth, a.out)
 
 
 def tool_for(a, reading):
@@ -181,7 +109,8 @@ MODEL_HELP = "a checkpoint (.pt, needs torch) or a folder written by `meterseg e
 
 
 def cmd_read(a):
-    from .runner import is_url, read
+    from .runner import read
+    from .stores import is_url
     one = len(a.photos) == 1 and (is_url(a.photos[0]) or Path(a.photos[0]).is_dir())
     if not one and any(is_url(p) or Path(p).is_dir() for p in a.photos):
         raise DataError("read takes photo files, or one folder or URL prefix (s3://bucket/photos)")

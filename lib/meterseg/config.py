@@ -36,8 +36,8 @@ class Config:
     warmup: float = 1.0  # cosine: epochs of linear warm-up before the cosine decay to 0
     augment: bool = True  # random horizontal flips
     prior_init: bool = True  # start the head at the train split's foreground share (models.UNet.start_at_prior)
-    bf16: bool = True  # train under bf16 autocast (weights, optimizer and loss stay fp32); --no-bf16 where that is
-    # faster, as it may be on a CPU without bf16 units (benchmarks/bf16_training.py)
+    bf16: bool = True  # train under bf16 autocast (weights, optimizer and loss stay fp32) where the device computes
+    # bf16 natively (a GPU; a CPU with AMX-BF16 or AVX512-BF16), else fp32: emulated bf16 is ~11x slower (train.native_bf16)
     max_photos: int = 0  # cap on training photos (0 = all), for quick runs
     seed: int = 0
     device: str = "auto"

@@ -4,6 +4,7 @@ Two layouts are read: upstream's (`train_imgs/NAME.jpg` + `train_labels/labels/N
 generic `images/NAME.*` + `masks/NAME.*`. Nothing assumes file counts.
 """
 import hashlib
+import io
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import torch
 from .config import REPO
 from .fetch import LOCAL_COPY, fetch_upstream
 from .photos import PHOTO_EXT, DataError, load_photo, open_photo, truth_mask
+from .stores import atomic_write
 from .synthetic import make_synthetic
 
 CACHE_VERSION = "3"  # bump when decoding, rasterising or what the cache holds changes
@@ -111,10 +113,9 @@ def load_dataset(root, size, cache_dir=None, progress=False):
         "fingerprint": hashlib.sha256("".join(f"{o[0]}:{o[4]};" for o in good).encode()).hexdigest()[:16],
         "errors": errors,
     }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # two runs may build the same cache at once
-    torch.save(ds, tmp)
-    os.replace(tmp, cache)
+    buf = io.BytesIO()
+    torch.save(ds, buf)
+    atomic_write(cache, buf.getvalue())  # a temp file of its own: two runs may build the same cache at once
     return ds
 
 
@@ -146,10 +147,7 @@ def load_split(stems, split_file):
     new = [s for s in stems if s not in known]
     known.update(assign_split(new))
     if new or not split_file.exists():
-        split_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = split_file.with_suffix(".tmp")
-        tmp.write_text("stem,split\n" + "".join(f"{s},{known[s]}\n" for s in sorted(known)))
-        os.replace(tmp, split_file)
+        atomic_write(split_file, ("stem,split\n" + "".join(f"{s},{known[s]}\n" for s in sorted(known))).encode())
     return {s: known[s] for s in stems}
 
 

@@ -3,24 +3,19 @@
 The kept pixels are the original ones: the DCT blocks are copied, not re-encoded. A crop can
 start only on the iMCU grid (8 or 16 px, from the chroma subsampling in the header), so the
 origin is moved down to it and the far corner kept: the actual box holds the asked one.
-The `jpegtran` binary is a fallback for a Python without the wheel; neither is required.
+Where the wheel cannot be imported, crops are re-encoded as PNG and say so (`reencode-png`).
 """
-import shutil
-import subprocess
-
 from .photos import DataError
 
 try:
     import turbojpeg
-except ImportError:  # pragma: no cover - the wheel is in requirements.txt
+except ImportError:  # pragma: no cover - a core dependency
     turbojpeg = None
-
-JPEGTRAN = shutil.which("jpegtran")
 
 
 def lossless_method():
-    """The path lossless crops take here: 'lossless-turbojpeg', 'lossless-jpegtran', or None."""
-    return "lossless-turbojpeg" if turbojpeg else "lossless-jpegtran" if JPEGTRAN else None
+    """The path lossless crops take here: 'lossless-turbojpeg', or None."""
+    return "lossless-turbojpeg" if turbojpeg else None
 
 
 def imcu_size(data, name="<bytes>"):
@@ -34,29 +29,17 @@ def imcu_size(data, name="<bytes>"):
             turbojpeg.SAMP.Y441: (8, 32)}.get(hdr["subsamp"], (16, 16))
 
 
-def lossless_crop(data, box, name="<bytes>", method=None):
-    """Crop JPEG bytes to box = (x0, y0, x1, y1) without re-encoding: (bytes, actual box, method).
+def lossless_crop(data, box, name="<bytes>"):
+    """Crop JPEG bytes to box = (x0, y0, x1, y1) without re-encoding: (bytes, actual box).
 
     Markers (EXIF, its orientation tag included) are copied. Raises DataError naming `name`
     when the file cannot be cropped exactly.
     """
-    method = method or lossless_method()
     x0, y0, x1, y1 = box
-    if method == "lossless-turbojpeg":
-        mw, mh = imcu_size(data, name)
-        x0, y0 = x0 - x0 % mw, y0 - y0 % mh
-        try:
-            out = turbojpeg.transform(data, x=x0, y=y0, w=x1 - x0, h=y1 - y0, crop=True, perfect=True)
-        except Exception as e:
-            raise DataError(f"{name}: lossless crop failed ({e})") from None
-        return out, (x0, y0, x1, y1), method
-    if method == "lossless-jpegtran":
-        r = subprocess.run([JPEGTRAN, "-copy", "all", "-perfect", "-crop", f"{x1 - x0}x{y1 - y0}+{x0}+{y0}"],
-                           input=data, capture_output=True, timeout=60)
-        if r.returncode != 0 or not r.stdout:
-            raise DataError(f"{name}: jpegtran failed: {r.stderr.decode(errors='replace').strip()[:200]}")
-        from PIL import Image
-        import io
-        w, h = Image.open(io.BytesIO(r.stdout)).size
-        return r.stdout, (x1 - w, y1 - h, x1, y1), method
-    raise DataError(f"{name}: no lossless JPEG crop here (install the turbojpeg wheel)")
+    mw, mh = imcu_size(data, name)
+    x0, y0 = x0 - x0 % mw, y0 - y0 % mh
+    try:
+        out = turbojpeg.transform(data, x=x0, y=y0, w=x1 - x0, h=y1 - y0, crop=True, perfect=True)
+    except Exception as e:
+        raise DataError(f"{name}: lossless crop failed ({e})") from None
+    return out, (x0, y0, x1, y1)

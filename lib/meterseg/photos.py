@@ -80,13 +80,15 @@ def load_photo(path, size=None, data=None):
     fewer pixels, which is several times faster than a full decode.
     """
     im = open_photo(path, data)
-    orig = im.size
-    if size is not None and im.format == "JPEG":
-        im.draft("RGB", (size, size))
-    im = to_rgb(im, path)
-    if size is not None:
-        im = im.resize((size, size), Image.Resampling.BILINEAR)
-    return im, orig
+    orig = im.size  # before model_view's draft shrinks it
+    return (to_rgb(im, path) if size is None else model_view(im, size, path)), orig
+
+
+def model_view(im, size, path):
+    """An opened photo as the models see it (training and the tool alike): RGB, size x size, bilinear."""
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))  # libjpeg's DCT scaling: several times faster than a full decode
+    return to_rgb(im, path).resize((size, size), Image.Resampling.BILINEAR)
 
 
 def read_label(path, photo_size):

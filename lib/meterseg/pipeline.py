@@ -15,7 +15,7 @@ from PIL import Image
 
 from .geometry import fit_quad, gap_box, gap_to_mask, grow_box, rectify
 from .jpegcrop import lossless_crop, lossless_method
-from .photos import error_status, open_photo, to_rgb
+from .photos import error_status, model_view, open_photo, to_rgb
 from .recognisers import DIGITS
 
 SOURCE_FIELDS = ["source", "status", "bytes_in", "mtime_ns", "etag", "sha256"]  # what the resume rule keys on
@@ -55,10 +55,7 @@ def load(source, data, size):
     when the model needs fewer pixels. Raises DataError on a bad photo."""
     im = open_photo(source, data)
     fmt, orig = im.format, im.size
-    if fmt == "JPEG":
-        im.draft("RGB", (size, size))
-    small = to_rgb(im, source).resize((size, size), Image.Resampling.BILINEAR)
-    return Photo(source, data, np.asarray(small).transpose(2, 0, 1), orig, fmt)
+    return Photo(source, data, np.asarray(model_view(im, size, source)).transpose(2, 0, 1), orig, fmt)
 
 
 def segment(segmenter, photos, batch=8):
@@ -109,9 +106,8 @@ def crop(photo, box, margin, fmt="lossless", quality=90):
     if box is None:
         return photo.data, {"status": "no_region", "method": "copy", "x0": 0, "y0": 0, "x1": photo.size[0], "y1": photo.size[1]}
     box = grow_box(box, margin, photo.size)
-    lossless = lossless_method()
-    if fmt == "lossless" and photo.format == "JPEG" and lossless:
-        out, box, method = lossless_crop(photo.data, box, photo.source, lossless)
+    if fmt == "lossless" and photo.format == "JPEG" and lossless_method():
+        (out, box), method = lossless_crop(photo.data, box, photo.source), lossless_method()
     else:
         out_fmt = "png" if fmt == "lossless" else fmt  # lossless for a non-JPEG: PNG
         exif = open_photo(photo.source, photo.data).info.get("exif")

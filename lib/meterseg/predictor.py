@@ -2,12 +2,17 @@
 into masks and boxes at the photo's size). The study evaluates with it; the tool runs it as one
 of its segmenters (tool.py), or runs its ONNX export.
 """
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+from PIL import Image
 
 from .checkpoint import load_model
 from .geometry import gap_to_mask
-from .photos import load_photo
+from .photos import DataError, load_photo
 from .tool import default_margin
 
 
@@ -76,3 +81,34 @@ class Predictor:
         im, orig = load_photo(path, self.size)
         x = torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())[None]
         return gap_to_mask(self.logit_gaps(x)[0].numpy(), orig)
+
+
+def mask_names(photos):
+    """Output mask name of each photo: its path relative to the photos' common folder, whole
+    file name kept, '.png' appended (a/x.jpg -> a/x.jpg.png), so two photos never share a mask."""
+    paths = [Path(p).resolve() for p in photos]
+    if not paths:
+        return {}
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return {p: p.relative_to(root).as_posix() + ".png" for p in paths}
+
+
+def write_masks(predictor, photos, out):
+    """`meterseg predict`: a 0/255 mask PNG per photo at its own size, named by mask_names; the batch goes
+    on past a bad photo (its error printed). Returns how many failed."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{out}: cannot create the output folder ({e.strerror})") from None
+    failed = 0
+    for photo, name in mask_names(dict.fromkeys(photos)).items():
+        try:
+            mask, conf = predictor.mask(photo)
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
+            print(f"{photo}: {int(mask.sum())} region pixels, confidence {conf:.3f} -> {out / name}")
+        except (DataError, OSError) as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+    return failed

@@ -28,7 +28,7 @@ class Tool:
 
     @property
     def backend(self):
-        return self.segmenter.backend + (f" + reader {self.reader.name}" if self.reader is not None else "")
+        return self.segmenter.backend
 
 
 class OnnxSegmenter:
@@ -42,8 +42,8 @@ class OnnxSegmenter:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            raise CheckpointError(f"{path}: not a loadable ONNX model ({str(e)[:200]})") from None
+        except Exception as e:  # ORT raises its own NoSuchFile/Fail/InvalidGraph types
+            raise CheckpointError(f"{path}: missing or not a loadable ONNX model ({str(e)[:200]})") from None
         shape = self.session.get_inputs()[0].shape
         if list(shape[1:]) != [3, size, size]:
             raise CheckpointError(f"{path}: takes input {shape}, but {Path(path).parent / CARD} says {size} px")
@@ -54,19 +54,15 @@ class OnnxSegmenter:
 
 
 def read_card(folder):
-    """The model card of an exported folder, checked: a clear error naming the file, never a traceback."""
+    """(input size, crop margin) from an exported folder's card, checked: an error naming the file, never a traceback."""
     path = Path(folder) / CARD
     if not path.is_file():
         raise CheckpointError(f"{path}: missing: {folder} is not a folder written by `meterseg export`")
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-        size = int(card["input"]["size"])
-        margin = float(card["crop"]["margin"])
+        return int(card["input"]["size"]), float(card["crop"]["margin"])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a valid model card ({type(e).__name__}: {e})") from None
-    if not (Path(folder) / SEGMENTER_ONNX).is_file():
-        raise CheckpointError(f"{Path(folder) / SEGMENTER_ONNX}: missing from the exported folder")
-    return card | {"input": card["input"] | {"size": size}, "crop": card["crop"] | {"margin": margin}}
 
 
 def load_reader(path, name="auto", threads=1):
@@ -108,8 +104,7 @@ def load_tool(path, reader=None, device="auto", threads=1):
     """The Tool of a checkpoint file or an exported folder; reader: a READERS name, or None not to read."""
     path = Path(path)
     if path.is_dir():
-        card = read_card(path)
-        segmenter = OnnxSegmenter(path / SEGMENTER_ONNX, card["input"]["size"], card["crop"]["margin"], threads)
+        segmenter = OnnxSegmenter(path / SEGMENTER_ONNX, *read_card(path), threads)
     elif path.is_file():
         from .predictor import Predictor
         segmenter = Predictor.load(path, device)

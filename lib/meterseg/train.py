@@ -1,5 +1,4 @@
 """One training run: its directory, the schedule, resume after a kill, reuse when config and data match."""
-import csv
 import dataclasses
 import json
 import math
@@ -21,7 +20,14 @@ from .metrics import image_scores, summarize
 from .models import build_model
 from .photos import truth_mask
 from .geometry import gap_to_mask
-from .predictor import Predictor, pick_device, to_input
+from .stores import atomic_write, rows_csv
+from .predictor import Predictor, cpu_has_bf16, pick_device, to_input
+
+
+def native_bf16(cfg, device):
+    """Whether this run trains under bf16 autocast: asked for (cfg.bf16) and native here (a GPU, or a CPU
+    with bf16 units); elsewhere fp32, since emulated bf16 is ~11x slower (benchmarks/README.md)."""
+    return cfg.bf16 and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
 
 
 def run_name(cfg):
@@ -95,20 +101,11 @@ def test_metrics(predictor, ds, ii):
 
 
 def _write_csv(path, rows):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    atomic_write(path, rows_csv(rows, list(rows[0])))
 
 
 def _write_json(path, obj):
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def train(cfg, out_dir, progress=None):
@@ -153,6 +150,7 @@ def train(cfg, out_dir, progress=None):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg, n_batches))  # stepped once per batch
     loss_fn = get_loss(cfg.loss, cfg.loss_weight)
     predictor = Predictor(model, cfg_dict, device)
+    bf16 = native_bf16(cfg, device)
     history, best, start = [], -1.0, 0
     if (out / "last.pt").exists():
         ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
@@ -179,7 +177,7 @@ def train(cfg, out_dir, progress=None):
                 f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 x, y = torch.where(f[:, None, None, None], x.flip(-1), x), torch.where(f[:, None, None], y.flip(-1), y)
             x, y = to_input(x, device), y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -218,7 +216,7 @@ def train(cfg, out_dir, progress=None):
         "train_seconds": sum(h["seconds"] for h in history), "eval_seconds": time.perf_counter() - t0,
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "git_commit": git_commit(),
+        "precision": "bf16 autocast" if bf16 else "fp32", "torch": torch.__version__, "git_commit": git_commit(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json(out / "summary.json", summary)
