@@ -53,7 +53,7 @@ def main():
     ap.add_argument("--photos", type=int, default=100)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--checkpoint", default=str(REPO / "results" / "models" / "attunet.pt"))
-    ap.add_argument("--export", action="store_true", help="export the checkpoint and run the tool from ONNX")
+    ap.add_argument("--export", action="store_true", help="also export the checkpoint and run the tool from ONNX")
     a = ap.parse_args()
     photos = unlabelled_photos(find_data())[:a.photos]
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,18 +61,19 @@ def main():
         src.mkdir()
         for p in photos:
             (src / p.name).write_bytes(p.read_bytes())
-        exported = None
+        models = [None]
         if a.export:
             from meterseg.export import export
-            exported = export(a.checkpoint, Path(tmp) / "export")
+            models.append(export(a.checkpoint, Path(tmp) / "export"))
         runs = itertools.count()
-        for workers in (1, 2):
-            run, backend = compressor(a.checkpoint, exported, workers)
-            with ThreadPoolExecutor(workers) as pool:
-                t_ours = best(lambda: run(src, Path(tmp) / f"out{next(runs)}"), a.reps)
-                t_floor = best(lambda: list(pool.map(floor, photos)), a.reps)
-            n = len(photos)
-            print(f"| {backend} | {workers} | {n / t_ours:.1f} | {n / t_floor:.1f} | {t_floor / t_ours:.2f}x |", flush=True)
+        for exported in models:
+            for workers in (1, 2):
+                run, backend = compressor(a.checkpoint, exported, workers)
+                with ThreadPoolExecutor(workers) as pool:
+                    t_ours = best(lambda: run(src, Path(tmp) / f"out{next(runs)}"), a.reps)
+                    t_floor = best(lambda: list(pool.map(floor, photos)), a.reps)
+                n = len(photos)
+                print(f"| {backend} | {workers} | {n / t_ours:.1f} | {n / t_floor:.1f} | {t_floor / t_ours:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
