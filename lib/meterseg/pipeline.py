@@ -7,7 +7,8 @@ and `read_row` are the per-photo work of `meterseg compress` and `meterseg read`
 """
 import hashlib
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,29 +34,27 @@ VOTE_JITTER_PX = 4.0  # their corners' Gaussian jitter (sd, photo pixels); chose
 
 @dataclass
 class Photo:
-    """A photo loaded once: bytes, model-size pixels uint8 (3,S,S), stored (W, H), format, and its gap when set."""
+    """A photo loaded once: bytes, model-size pixels uint8 (3,S,S), stored (W, H), format, EXIF, and its gap when set."""
     source: str
     data: bytes
     pixels: np.ndarray
     size: tuple
     format: str
+    exif: bytes = None
     gap: np.ndarray = None
-    _rgb: Image.Image = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def rgb(self):
         """The whole photo as RGB PIL, decoded on first use."""
-        if self._rgb is None:
-            self._rgb = to_rgb(open_photo(self.source, self.data), self.source)
-        return self._rgb
+        return to_rgb(open_photo(self.source, self.data), self.source)
 
 
 def load(source, data, size):
     """A Photo from its bytes (source names it in errors); JPEGs are decoded at a reduced DCT scale
     when the model needs fewer pixels. Raises DataError on a bad photo."""
     im = open_photo(source, data)
-    fmt, orig = im.format, im.size
-    return Photo(source, data, np.asarray(model_view(im, size, source)).transpose(2, 0, 1), orig, fmt)
+    fmt, orig, exif = im.format, im.size, im.info.get("exif")
+    return Photo(source, data, np.asarray(model_view(im, size, source)).transpose(2, 0, 1), orig, fmt, exif)
 
 
 def segment(segmenter, photos, batch=8):
@@ -110,8 +109,7 @@ def crop(photo, box, margin, fmt="lossless", quality=90):
         (out, box), method = lossless_crop(photo.data, box, photo.source), lossless_method()
     else:
         out_fmt = "png" if fmt == "lossless" else fmt  # lossless for a non-JPEG: PNG
-        exif = open_photo(photo.source, photo.data).info.get("exif")
-        out, method = encode(photo.rgb.crop(box), out_fmt, quality, exif), f"reencode-{out_fmt}"
+        out, method = encode(photo.rgb.crop(box), out_fmt, quality, photo.exif), f"reencode-{out_fmt}"
     return out, {"status": "ok", "method": method, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]}
 
 

@@ -216,7 +216,8 @@ def run(job, model, inputs, out, options, engine="local", workers=None, ray_addr
 def run_local(model, worker_args, fs_in, todo, workers, ray_address, actors, shard):
     """Shards on `workers` threads of this process, one model shared by them, one model thread each."""
     workers = workers or os.cpu_count()
-    shard = max(1, min(shard, -(-len(todo) // workers)))
+    rounds = -(-len(todo) // (workers * shard))
+    shard = -(-len(todo) // (workers * rounds))  # shards of equal size, so that no thread is left with the tail
     import sys
     torch = sys.modules.get("torch")
     threads = torch.get_num_threads() if torch else None
