@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from meterseg.losses import combo_loss
+from meterseg.config import PAPER_LOSS_WEIGHT, make_config
+from meterseg.losses import get_loss
 from meterseg.models import UNet
+from meterseg.train import native_bf16, train_step
 
 
 def best_times(fns, warmup=2, reps=7):
@@ -64,14 +66,10 @@ def matmul_gflops(n=2048):
     return 2 * n**3 / best_times({"mm": lambda: a @ b}, reps=20)["mm"] / 1e9
 
 
-def train_step(model, x, y):
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        combo_loss(model(x), y).backward()
-        opt.step()
-    return step
+def study_step(model, x, y):
+    """The study's training step (train.train_step: bf16 where this CPU computes it natively, else fp32)."""
+    opt, bf16 = torch.optim.Adam(model.parameters(), 1e-3), native_bf16(make_config("cpu"), torch.device("cpu"))
+    return lambda: train_step(model, opt, get_loss("combo", PAPER_LOSS_WEIGHT), x, y, bf16)
 
 
 def measure(models, size, channels_last, batch=8):
@@ -81,7 +79,7 @@ def measure(models, size, channels_last, batch=8):
     if channels_last:
         models = {k: m.to(memory_format=torch.channels_last) for k, m in models.items()}
         x = x.contiguous(memory_format=torch.channels_last)
-    steps = {k: train_step(m, x, y) for k, m in models.items()}
+    steps = {k: study_step(m, x, y) for k, m in models.items()}
     train = best_times(steps)
     flops = {}
     for k, step in steps.items():
@@ -149,7 +147,7 @@ def worker_throughput():
     torch.manual_seed(0)
     x = torch.randn(8, 3, 128, 128).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (8, 128, 128))
-    step = train_step(UNet(8, gates=(1, 2)).to(memory_format=torch.channels_last), x, y)
+    step = study_step(UNet(8, gates=(1, 2)).to(memory_format=torch.channels_last), x, y)
     for _ in range(3):
         step()
     t, n = time.perf_counter(), 60

@@ -12,6 +12,7 @@ import torch
 from meterseg.config import make_config
 from meterseg.losses import get_loss
 from meterseg.models import build_model
+from meterseg.train import train_step
 
 
 def step_time(model_name, gates, bf16, reps=7, warmup=3):
@@ -26,12 +27,7 @@ def step_time(model_name, gates, bf16, reps=7, warmup=3):
     best = float("inf")
     for i in range(warmup + reps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, loss_fn, x, y, bf16)
         if i >= warmup:
             best = min(best, time.perf_counter() - t)
     return best

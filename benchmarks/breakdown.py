@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
-from meterseg.config import REPO
 from meterseg.dataset import find_data, unlabelled_photos
-from meterseg.losses import combo_loss
+from meterseg.config import PAPER_LOSS_WEIGHT, REPO, make_config
+from meterseg.losses import get_loss
 from meterseg.models import UNet
+from meterseg.train import native_bf16, train_step
 from pathlib import Path
 
 
@@ -25,12 +26,10 @@ def profile_training_step(base, size, steps=5):
     model = UNet(base, gates=(1, 2)).to(memory_format=torch.channels_last)  # as train() runs it
     x = torch.randn(8, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (8, size, size))
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    opt, bf16 = torch.optim.Adam(model.parameters(), 1e-3), native_bf16(make_config("cpu"), torch.device("cpu"))
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        combo_loss(model(x), y).backward()
-        opt.step()
+        train_step(model, opt, get_loss("combo", PAPER_LOSS_WEIGHT), x, y, bf16)
     for _ in range(3):
         step()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import SAMPLE, meterseg, tree_hashes
 from meterseg import analysis, jpegcrop, pipeline, runner as C, stores
+from meterseg.config import CROP_MARGIN
 from meterseg.geometry import gap_box, gap_to_mask, grow_box, region_box
 from meterseg.photos import DataError
 from meterseg.predictor import Predictor
@@ -335,7 +336,7 @@ def test_the_validated_margin_ships_in_the_checkpoint_and_compress_uses_it(smoke
     ck = tmp_path / "attunet.pt"
     shutil.copyfile(smoke_run[0] / "best.pt", ck)
     (tmp_path / "README.md").write_text("# attunet.pt\n\n## The reader\n\nkept\n")
-    assert Predictor.load(ck).crop_margin == analysis.CROP_MARGIN  # a checkpoint without one
+    assert Predictor.load(ck).crop_margin == CROP_MARGIN  # a checkpoint without one
     curve = pd.DataFrame({"margin": [0.0, 0.05], "saving_pct": [90.0, 85.0], "photos_fully_kept_pct": [97.0, 99.5]})
     for _ in range(2):  # a rerun of notebook 05 replaces the margin, it does not pile up
         analysis.ship_margin(ck, 0.05, curve)

@@ -8,7 +8,6 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .config import CROP_MARGIN
 from .geometry import grow_box, region_box
 from .pipeline import crop, encode, load, region, segment
 
@@ -79,13 +78,15 @@ def _largest_scale_under(im, target, quality=90):
     return best or (lo, encode(shrink(lo), "jpeg", quality))
 
 
-def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=CROP_MARGIN, qualities=(30, 50, 70, 90),
+def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=None, qualities=(30, 50, 70, 90),
                margins_only=False):
     """Everything notebook 05 reports, per photo: (by margin, by format, baselines) as DataFrames.
 
     Crops are made by compress's own stages (pipeline.region, pipeline.crop). truths: a bool mask per
-    photo at its own size (or None for an unlabelled photo). margins_only: skip formats and baselines.
+    photo at its own size (or None for an unlabelled photo). default_margin: the formats' and baselines'
+    (None: the model's own, as compress uses). margins_only: skip formats and baselines.
     """
+    default_margin = predictor.crop_margin if default_margin is None else default_margin
     by_margin, by_format, baselines = [], [], []
     for photo, truth in zip(photos, truths):
         photo = Path(photo)
@@ -198,8 +199,9 @@ def archive_table(by_margin, margin, photos=1_000_000):
     return pd.DataFrame(rows)
 
 
-def compress_summary(predictor, folder, margin=CROP_MARGIN):
-    """Run compress over a folder into a throw-away output: (manifest rows as a DataFrame, summary dict)."""
+def compress_summary(predictor, folder, margin=None):
+    """Run compress over a folder into a throw-away output (margin None: the model's own, as compress
+    uses): (manifest rows as a DataFrame, summary dict)."""
     from .runner import compress
     from .tool import Tool
     with tempfile.TemporaryDirectory() as tmp:

@@ -98,7 +98,7 @@ def read_strips(model, x):
 
 
 class OwnReader:
-    """The trained CRNN behind the same interface as reading.Reader."""
+    """The trained CRNN under torch, behind the recognisers' interface (read(strip) -> (digits, confidence))."""
 
     def __init__(self, model):
         self.model = model.eval()

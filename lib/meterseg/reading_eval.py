@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .config import CROP_MARGIN
 from .geometry import corner_error
 from .photos import label_readings, read_label
 from .recognisers import DIGITS
@@ -32,8 +31,9 @@ def photo_quad(predictor, path):
     return quad(predictor, photo), np.asarray(photo.rgb)
 
 
-def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=VOTES):
-    """One row per photo and way: reading, confidence, exact, per-digit accuracy, seconds; and the
+def reading_study(predictor, reader, photos, labels, margin=None, votes=VOTES):
+    """One row per photo and way (the stored crop at margin, None: the model's own, as compress): reading,
+    confidence, exact, per-digit accuracy, seconds; and the
     predicted quad's corner error in photo pixels. Quads, labelled (the ceiling: the tool's reading
     given the right corners) and predicted, are read as the tool reads them: voted over `votes` reads."""
     rows = []
@@ -46,7 +46,7 @@ def reading_study(predictor, reader, photos, labels, margin=CROP_MARGIN, votes=V
         image = np.asarray(loaded.rgb)
         truth_quad = np.array(read_label(label, loaded.size))
         candidates = label_readings(label)
-        crop_bytes, f = crop(loaded, region(loaded)[0], margin)
+        crop_bytes, f = crop(loaded, region(loaded)[0], predictor.crop_margin if margin is None else margin)
         stored = np.asarray(Image.open(io.BytesIO(crop_bytes)).convert("RGB"))
         # way: (image, quad to rectify and read or None, reads voted over, seconds spent before reading)
         views = {WAYS[0]: (image, None, 1, 0.0), WAYS[1]: (stored, None, 1, 0.0), WAYS[2]: (image, truth_quad, votes, 0.0)}
@@ -122,7 +122,7 @@ def train_own_reader(cfg, predictor, epochs=20, jitter=8.0, copies=3, seed=0):
 
 def voting_on_validation(predictor, reader, photos, labels, settings=((1, 0.0), (5, 4.0), (9, 2.0), (9, 4.0), (9, 8.0))):
     """Exact readings (%) of the validation photos' predicted quads for each (votes, jitter px): the
-    check behind reading.VOTES and VOTE_JITTER_PX. Quads are predicted once per photo."""
+    check behind pipeline.VOTES and VOTE_JITTER_PX. Quads are predicted once per photo."""
     rows, quads = [], [photo_quad(predictor, p) for p in photos]
     for votes, jitter in settings:
         exact = [qi[0] is not None and read_quad(reader, qi[1], qi[0], votes, jitter)[0] in label_readings(l)

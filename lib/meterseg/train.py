@@ -24,6 +24,18 @@ from .stores import atomic_write, rows_csv
 from .predictor import Predictor, cpu_has_bf16, pick_device, to_input
 
 
+def train_step(model, opt, loss_fn, x, y, bf16):
+    """One optimizer step as every run (and every benchmark of one) takes it: the forward pass under bf16
+    autocast when bf16, the loss in fp32, backward, the optimizer. Returns the loss."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def native_bf16(cfg, device):
     """Whether this run trains under bf16 autocast: asked for (cfg.bf16) and native here (a GPU, or a CPU
     with bf16 units); elsewhere fp32, since emulated bf16 is ~11x slower (benchmarks/README.md)."""
@@ -176,15 +188,8 @@ def train(cfg, out_dir, progress=None):
             if cfg.augment:
                 f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 x, y = torch.where(f[:, None, None, None], x.flip(-1), x), torch.where(f[:, None, None], y.flip(-1), y)
-            x, y = to_input(x, device), y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = loss_fn(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            total += train_step(model, opt, loss_fn, to_input(x, device), y.to(device, non_blocking=True), bf16).item()
             sched.step()
-            total += loss.item()
             bar.set_postfix(loss=f"{total / (b + 1):.4f}", refresh=False)  # refresh=True would print every batch into a notebook
         lr = opt.param_groups[0]["lr"]  # where the epoch ended
         dice = val_dice(predictor, ds, idx["val"])
