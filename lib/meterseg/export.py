@@ -114,7 +114,7 @@ def export(checkpoint, out, summary=None):
         if licence.is_file():
             shutil.copyfile(licence, tmp / "LICENSE")
         os.chmod(tmp, 0o777 & ~_umask())
-        os.rename(tmp, out)  # whole or not at all; a folder created meanwhile makes this fail, not merge
+        os.rename(tmp, out)  # whole or not at all; a non-empty folder created meanwhile makes this fail, never merge
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

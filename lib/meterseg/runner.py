@@ -116,12 +116,12 @@ class ShardWorker:
 
 def unchanged(row, listed, fs_in):
     """The resume rule's source check: same size and mtime, and the same ETag (objects) or sha256 (files)."""
-    if row["bytes_in"] != str(listed["size"]) or row["mtime_ns"] != str(listed["mtime_ns"]):
-        return False
+    if row.get("bytes_in") != str(listed["size"]) or row.get("mtime_ns") != str(listed["mtime_ns"]):
+        return False  # .get: a table of an older version may lack a column; its rows are then redone
     if listed["etag"]:
-        return row["etag"] == listed["etag"]
+        return row.get("etag") == listed["etag"]
     try:
-        return sha256_bytes(fs_in.cat_file(listed["path"])) == row["sha256"]
+        return sha256_bytes(fs_in.cat_file(listed["path"])) == row.get("sha256")
     except OSError:
         return False
 
@@ -138,7 +138,7 @@ def plan(job, fs_in, sources, fs_out, out_root, table, parts, needs_reading=Fals
     def final(r):
         if job == "read":
             return not r["status"].startswith("error")
-        return r["status"] in ("ok", "no_region") and r["output"] in existing and bool(r["reading_status"]) >= needs_reading
+        return r["status"] in ("ok", "no_region") and r.get("output") in existing and bool(r.get("reading_status")) >= needs_reading
     candidates = [r for r in merged.values() if r["source"] in sources and final(r)]
     with ThreadPoolExecutor(8) as pool:
         fresh = list(pool.map(lambda r: unchanged(r, sources[r["source"]], fs_in), candidates))
@@ -197,7 +197,8 @@ def run(job, model, inputs, out, options, engine="local", workers=None, ray_addr
         if progress:
             print(f"[{job}] {done} photos already done, {len(todo)} to do ({engine} engine)", flush=True)
         if todo:
-            out_url = str(out).rstrip("/")  # the workers open the store from URLs, as Ray actors must
+            # the workers open the store again (Ray's in other processes, other working folders): a URL, or an absolute path
+            out_url = out_root if is_local(fs_out) else str(out).rstrip("/")
             parts_url = f"{out_url}/{PARTS}" if job == "compress" else f"{out_url}.parts"
             worker_args = (job, out_url if job == "compress" else parts_url, parts_url, options)
             (run_on_ray if engine == "ray" else run_local)(model, worker_args, fs_in, todo, workers, ray_address, actors, shard)
