@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, read, study, fetch}."""
+"""Command line: meterseg {train, predict, evaluate, compress, read, export, study, fetch}; it parses arguments and calls the library."""
 import argparse
 import dataclasses
 import sys
