@@ -117,7 +117,7 @@ def main():
         fns = backends(predictor, folder, 1, int8)
         x = batch_of(val_photos, predictor.size)
         gaps = {name: np.concatenate([fn(x[i:i + 8]) for i in range(0, len(x), 8)]) for name, fn in fns.items()}
-        margin = predictor.crop_margin
+        margin = predictor.crop_rule.margin
         print(f"\nagainst eager fp32 on {len(val_photos)} validation photos (masks at photo size, crops at margin {margin}):")
         print("| backend | mean mask Dice | min mask Dice | boxes moved | max move px | photos losing region px vs fp32 |\n"
               "|---|---|---|---|---|---|")

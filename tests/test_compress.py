@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import SAMPLE, meterseg, tree_hashes
 from meterseg import analysis, jpegcrop, pipeline, runner as C, stores
 from meterseg.config import CROP_MARGIN
+from meterseg.tool import CropRule
 from meterseg.geometry import gap_box, gap_to_mask, grow_box, region_box
 from meterseg.photos import DataError
 from meterseg.predictor import Predictor
@@ -329,22 +330,24 @@ def test_without_any_lossless_path_crops_are_reencoded_and_say_so(predictor, pho
     assert r["output"] == ("zähler 0.jpg.png" if r["method"] == "reencode-png" else "zähler 0.jpg")
 
 
-def test_the_validated_margin_ships_in_the_checkpoint_and_compress_uses_it(smoke_run, photos, tmp_path):
-    """ship_margin stores notebook 05's choice; compress without --margin crops exactly as with it."""
+def test_the_validated_crop_rule_ships_in_the_checkpoint_and_compress_uses_it(smoke_run, photos, tmp_path):
+    """ship_crop_rule stores notebook 05's choice; compress without --margin crops exactly by it."""
     import shutil
     import pandas as pd
     ck = tmp_path / "attunet.pt"
     shutil.copyfile(smoke_run[0] / "best.pt", ck)
     (tmp_path / "README.md").write_text("# attunet.pt\n\n## The reader\n\nkept\n")
-    assert Predictor.load(ck).crop_margin == CROP_MARGIN  # a checkpoint without one
-    curve = pd.DataFrame({"margin": [0.0, 0.05], "saving_pct": [90.0, 85.0], "photos_fully_kept_pct": [97.0, 99.5]})
-    for _ in range(2):  # a rerun of notebook 05 replaces the margin, it does not pile up
-        analysis.ship_margin(ck, 0.05, curve)
+    assert Predictor.load(ck).crop_rule == CropRule(CROP_MARGIN, 0.5, 0.0)  # a checkpoint without one
+    rule = CropRule(0.05, 0.1, 0.5)
+    table = pd.DataFrame({"probability": [0.5, 0.1], "largest_needed": [0.04, 0.025], "margin": [0.08, 0.05],
+                          "mean_area_share": [0.1, 0.09], "chosen": [False, True]})
+    for _ in range(2):  # a rerun of notebook 05 replaces the rule, it does not pile up
+        analysis.ship_crop_rule(ck, rule, table)
     text = (tmp_path / "README.md").read_text()
-    assert text.count("## The crop margin") == 1 and "99.5 %" in text and text.endswith("## The reader\n\nkept\n")
-    assert text.startswith("# attunet.pt\n\n## The crop margin")
+    assert text.count("## The crop rule") == 1 and "0.0250" in text and text.endswith("## The reader\n\nkept\n")
+    assert text.startswith("# attunet.pt\n\n## The crop rule")
     shipped = Tool(Predictor.load(ck))
-    assert shipped.segmenter.crop_margin == 0.05
+    assert shipped.segmenter.crop_rule == rule
     by_default = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "a", progress=False)}
     explicit = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "b", 0.05, progress=False)}
     wider = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "c", 0.5, progress=False)}

@@ -1,6 +1,7 @@
 """`meterseg export` and the tool without torch: the ONNX files agree with the torch model, compress and
 read run from the exported folder in a process where importing torch fails, and a bad folder is named."""
 import json
+from dataclasses import asdict
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from meterseg.ownreader import CRNN, OwnReader, to_strip
 from meterseg.pipeline import load, quad, segment
 from meterseg.predictor import Predictor, cpu_has_bf16
 from meterseg.recognisers import OnnxCRNN
-from meterseg.tool import CheckpointError, load_tool
+from meterseg.tool import AcceptRule, CheckpointError, load_reader, load_tool
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from meterseg.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -27,7 +28,7 @@ def shipped(smoke_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ck = torch.load(smoke_run[0] / "best.pt", weights_only=True)
     torch.manual_seed(0)
-    ck["reader"] = OwnReader(CRNN()).state(epoch=1, val_exact=0.5)
+    ck["reader"] = OwnReader(CRNN()).state(epoch=1, val_exact=0.5, accept=asdict(AcceptRule(0.0, 0.0, 0.05, False)))
     torch.save(ck, tmp / "model.pt")
     shutil.copyfile(smoke_run[0] / "summary.json", tmp / "summary.json")
     return tmp / "model.pt", export(tmp / "model.pt", tmp / "exported")
@@ -47,11 +48,12 @@ def test_the_export_holds_both_networks_and_a_model_card(shipped):
     ck, folder = shipped
     assert sorted(p.name for p in folder.iterdir()) == ["LICENSE", "model.json", "reader.onnx", "segmenter.onnx"]
     card = json.loads((folder / "model.json").read_text())
-    assert card["input"]["size"] == 64 and card["crop"]["margin"] == Predictor.load(ck).crop_margin
+    assert card["input"]["size"] == 64 and card["crop"]["margin"] == Predictor.load(ck).crop_rule.margin
     assert card["output"]["classes"] == ["background", "counter window"]
     assert card["test_metrics"]["photos"] > 0 and card["trained_by"]["git_commit"]
     assert card["training_data"]["commit"].startswith("53bdd22") and card["training_data"]["licence"].startswith("MIT")
     assert "not tested on gas meters" in card["known_limits"]
+    assert card["reading"]["accept"] == asdict(AcceptRule(0.0, 0.0, 0.05, False)) == asdict(load_reader(folder).accept)
     with pytest.raises(CheckpointError, match="exported: already exists"):
         export(ck, folder)
 
@@ -95,12 +97,14 @@ def test_compress_and_read_from_an_export_without_torch(shipped, photos, tmp_pat
     with_torch = runner.compress(ck, photos, tmp_path / "ref", read=True, progress=False)
     fs = stores.open_store(tmp_path)[0]
     without = {r["source"]: r for r in stores.read_rows(fs, str(tmp_path / "out" / "manifest.csv"))}
-    keys = ("status", "x0", "y0", "x1", "y1", "output", "reading", "reading_status")
+    keys = ("status", "x0", "y0", "x1", "y1", "output", "reading", "reading_status", "half_turned")
     assert len(without) == len(with_torch) == 9
     for row in with_torch:
         assert {k: str(row[k]) for k in keys} == {k: without[row["source"]][k] for k in keys}, row["source"]
     readings = stores.read_rows(fs, str(tmp_path / "readings.csv"))
     assert {r["source"]: r["reading"] for r in readings} == {r["source"]: r["reading"] for r in with_torch}
+    photos_read = {r["source"]: r["reading_status"] for r in with_torch if not r["status"].startswith("error")}
+    assert {r["source"]: r["status"] for r in readings if r["source"] in photos_read} == photos_read
 
 
 def test_a_bad_export_folder_is_named_never_a_traceback(shipped, photos, tmp_path):

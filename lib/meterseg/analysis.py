@@ -1,5 +1,6 @@
 """What notebook 05 reports: savings by crop margin, by format, baselines at equal bytes, an archive."""
 import io
+import math
 import tempfile
 from pathlib import Path
 
@@ -9,9 +10,12 @@ import torch
 from PIL import Image
 
 from .geometry import grow_box, region_box
-from .pipeline import crop, encode, load, region, segment
+from .pipeline import crop, crop_box, encode, load, region, segment
+from .tool import CropRule
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+PROBABILITIES = (0.5, 0.1, 0.03, 0.01)  # box thresholds the crop rule may use: lower ones grow the box where the model is unsure
+SAFETY = 2.0  # the crop margin is this x the largest one a validation photo needed (README, Protocol)
 PAPER_SAVING_BYTES = 2e6  # "about 2 MB saved per photo"
 
 
@@ -78,38 +82,75 @@ def _largest_scale_under(im, target, quality=90):
     return best or (lo, encode(shrink(lo), "jpeg", quality))
 
 
-def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=None, qualities=(30, 50, 70, 90),
-               margins_only=False):
-    """Everything notebook 05 reports, per photo: (by margin, by format, baselines) as DataFrames.
+def needed_margins(predictor, photos, truths, probabilities=PROBABILITIES):
+    """Per photo and box probability: the smallest margin whose crop keeps the whole labelled region
+    (its shortfall over the predicted box, a share of the box's longer side; inf with no box), the
+    region's confidence, and the box's size in pixels."""
+    rows = []
+    for photo, truth in zip(photos, truths):
+        photo = Path(photo)
+        loaded = segment(predictor, [load(str(photo), photo.read_bytes(), predictor.size)])[0]
+        t = region_box(truth)
+        for p in probabilities:
+            box, conf = region(loaded, p)
+            w, h = (np.nan, np.nan) if box is None else (box[2] - box[0], box[3] - box[1])
+            short = np.inf if box is None else max(box[0] - t[0], box[1] - t[1], t[2] - box[2], t[3] - box[3], 0)
+            rows.append({"image": photo.stem, "probability": p, "confidence": conf, "needed_margin": short / max(w, h),
+                         "box_w": w, "box_h": h, "width": loaded.size[0], "height": loaded.size[1]})
+    return pd.DataFrame(rows)
 
-    Crops are made by compress's own stages (pipeline.region, pipeline.crop). truths: a bool mask per
-    photo at its own size (or None for an unlabelled photo). default_margin: the formats' and baselines'
-    (None: the model's own, as compress uses). margins_only: skip formats and baselines.
+
+def choose_crop_rule(needs, safety=SAFETY):
+    """The protocol's crop rule from validation's needed margins: for each box probability, the margin is
+    `safety` x the largest margin a validation photo needed; the probability kept is the one whose grown
+    boxes cover the least photo area (bytes follow area); photos less confident than every validation
+    photo are stored whole (outside what validation vouches for). Returns (CropRule, table per probability)."""
+    rows = []
+    for p, d in needs.groupby("probability"):
+        margin = round(safety * float(d["needed_margin"].max()), 4)
+        pad = 2 * margin * np.maximum(d["box_w"], d["box_h"])
+        grown = (np.minimum(d["box_w"] + pad, d["width"]) * np.minimum(d["box_h"] + pad, d["height"])) / (d["width"] * d["height"])
+        rows.append({"probability": p, "largest_needed": d["needed_margin"].max(), "margin": margin,
+                     "mean_area_share": grown.mean()})
+    table = pd.DataFrame(rows)
+    best = table.loc[table["mean_area_share"].idxmin()]
+    lowest = math.floor(float(needs["confidence"].min()) * 1e4) / 1e4  # rounded down: the lowest photo itself is in
+    rule = CropRule(float(best["margin"]), float(best["probability"]), lowest)
+    table["chosen"] = table["probability"] == rule.probability
+    return rule, table
+
+
+def crop_study(predictor, photos, truths, rules, qualities=(30, 50, 70, 90), rules_only=False):
+    """Everything notebook 05 reports, per photo: (by rule, by format, baselines) as DataFrames.
+
+    Crops are made by compress's own stages (pipeline.crop_box, pipeline.crop) for each CropRule of
+    `rules`; the first is the one formats and baselines use. truths: a bool mask per photo at its own
+    size (or None for an unlabelled photo). rules_only: skip formats and baselines.
     """
-    default_margin = predictor.crop_margin if default_margin is None else default_margin
-    by_margin, by_format, baselines = [], [], []
+    by_rule, by_format, baselines = [], [], []
     for photo, truth in zip(photos, truths):
         photo = Path(photo)
         loaded = segment(predictor, [load(str(photo), photo.read_bytes(), predictor.size)])[0]
         data, orig = loaded.data, loaded.size
-        box0, _ = region(loaded)
-        for m in margins:
-            out, f = crop(loaded, box0, m)
+        outs = []
+        for rule in rules:
+            box0, _, status = crop_box(loaded, rule)
+            out, f = crop(loaded, box0, rule.margin)
             box = (f["x0"], f["y0"], f["x1"], f["y1"])
-            by_margin.append({"image": photo.stem, "margin": m, "bytes_in": len(data), "bytes_out": len(out),
-                              "method": f["method"], "found": box0 is not None,
-                              "gt_kept": gt_kept(box, truth) if truth is not None else np.nan,
-                              "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
-        if box0 is None or truth is None or margins_only:
+            outs.append((box0, out, box))
+            by_rule.append({"image": photo.stem, "probability": rule.probability, "margin": rule.margin, "status": status,
+                            "bytes_in": len(data), "bytes_out": len(out), "method": f["method"],
+                            "gt_kept": gt_kept(box, truth) if truth is not None else np.nan,
+                            "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]})
+        (box0, kept_bytes, lbox), margin = outs[0], rules[0].margin
+        if box0 is None or truth is None or rules_only:
             continue
         full = loaded.rgb
-        cut_out = full.crop(grow_box(box0, default_margin, orig))
+        cut_out = full.crop(grow_box(box0, margin, orig))
         for fmt in ("jpeg", "webp"):
             for q in qualities:
                 by_format.append({"image": photo.stem, "format": fmt, "quality": q, "bytes_out": len(encode(cut_out, fmt, q))})
         by_format.append({"image": photo.stem, "format": "png", "quality": 100, "bytes_out": len(encode(cut_out, "png", 0))})
-        kept_bytes, f = crop(loaded, box0, default_margin)
-        lbox = (f["x0"], f["y0"], f["x1"], f["y1"])
         target = len(kept_bytes)
         roi = region_box(truth)  # judge legibility on the ground-truth region's box
         ref = _grey(full.crop(roi))
@@ -119,64 +160,70 @@ def crop_study(predictor, photos, truths, margins=MARGINS, default_margin=None, 
         requal = _grey(Image.open(io.BytesIO(data1)).convert("RGB").crop(roi))
         s, data2 = _largest_scale_under(full, target)
         down = _grey(Image.open(io.BytesIO(data2)).convert("RGB").resize(full.size, Image.Resampling.BICUBIC).crop(roi))
-        for name, rec, nbytes, setting in (("crop (as compress stores it)", kept, target, default_margin),
+        for name, rec, nbytes, setting in (("crop (as compress stores it)", kept, target, margin),
                                            ("whole photo, lower JPEG quality", requal, len(data1), q),
                                            ("whole photo, downscaled", down, len(data2), round(s, 3))):
             baselines.append({"image": photo.stem, "method": name, "setting": setting, "bytes": nbytes,
                               "psnr": psnr(ref, rec) if rec is not None else np.nan,
                               "ssim": ssim(ref, rec) if rec is not None else np.nan})
-    return pd.DataFrame(by_margin), pd.DataFrame(by_format), pd.DataFrame(baselines)
+    return pd.DataFrame(by_rule), pd.DataFrame(by_format), pd.DataFrame(baselines)
 
 
-def choose_margin(by_margin, target_pct=99.0):
-    """The smallest margin whose crop keeps the whole region on at least target_pct % of the photos
-    (run on the validation split: the protocol's rule), or the largest margin tried if none does."""
-    curve = margin_curve(by_margin)
-    ok = curve[curve["photos_fully_kept_pct"] >= target_pct]
-    return float(ok["margin"].min() if len(ok) else curve["margin"].max())
+def trade_off_rules(rule, margins=MARGINS):
+    """The rules of notebook 05's trade-off curve: the chosen one first, then the margin grid at its
+    probability and at 0.5 (the plain region's box)."""
+    grid = [CropRule(m, p, rule.min_confidence) for p in sorted({rule.probability, 0.5}) for m in margins]
+    return [rule] + [r for r in grid if r != rule]
 
 
-def ship_margin(checkpoint, margin, val_curve):
-    """Store the margin chosen on validation in the shipped checkpoint's config, so that `compress` uses
-    it by default (Predictor.crop_margin); its README gets the validation figures behind it."""
+def ship_crop_rule(checkpoint, rule, table):
+    """Store the crop rule chosen on validation in the shipped checkpoint's config, so that `compress` uses
+    it by default (Predictor.crop_rule); its README gets the validation figures behind it."""
     import json
     from .checkpoint import amend_shipped
-    kept = val_curve.set_index("margin")["photos_fully_kept_pct"][margin]
-    return amend_shipped(checkpoint, lambda ck: ck.update(config=json.dumps({**json.loads(ck["config"]), "crop_margin": margin})),
-        "The crop margin", f"`compress` grows the region's box by {margin} x its longer side unless `--margin` says otherwise: "
-        f"the smallest margin tried that keeps the whole labelled region on >= 99 % of the validation photos ({kept:.1f} %; "
-        "notebook 05, results/tables/05_val_crops_by_margin.csv).\n")
+    chosen = table[table["chosen"]].iloc[0]
+    return amend_shipped(checkpoint, lambda ck: ck.update(config=json.dumps({**json.loads(ck["config"]), **rule.stored()})),
+        "The crop rule", f"`compress` crops to the box of the pixels the model gives the window at least {rule.probability}, "
+        f"grown by {rule.margin} x its longer side (unless `--margin` says otherwise): {SAFETY:g} x the largest margin a "
+        f"validation photo needed ({chosen['largest_needed']:.4f}). A photo whose region confidence is under "
+        f"{rule.min_confidence} (the lowest on validation) is stored whole, status `uncertain` (notebook 05, "
+        "results/tables/05_val_needed_margins.csv).\n")
 
 
-def saving_at(by_margin, margin):
-    """The headline at one margin: photos, mean KB before and after, share saved, share fully kept."""
-    at = by_margin[by_margin["margin"] == margin]
+def _at(crops, rule):
+    return crops[(crops["probability"] == rule.probability) & (crops["margin"] == rule.margin)]
+
+
+def saving_at(crops, rule):
+    """The headline of one rule: photos, mean KB before and after, share saved, share fully kept, stored whole."""
+    at = _at(crops, rule)
     saved = at["bytes_in"] - at["bytes_out"]
-    return {"photos": len(at), "margin": margin, "mean_kb_in": at["bytes_in"].mean() / 1e3,
-            "mean_kb_out": at["bytes_out"].mean() / 1e3, "mean_kb_saved": saved.mean() / 1e3,
-            "saved_pct": 100 * saved.sum() / at["bytes_in"].sum(),
-            "fully_kept_pct": 100 * (at["gt_kept"] >= 1).mean(), "no_region": int((~at["found"]).sum()),
-            "methods": ", ".join(sorted(at["method"].unique()))}
+    return {"photos": len(at), "probability": rule.probability, "margin": rule.margin,
+            "mean_kb_in": at["bytes_in"].mean() / 1e3, "mean_kb_out": at["bytes_out"].mean() / 1e3,
+            "mean_kb_saved": saved.mean() / 1e3, "saved_pct": 100 * saved.sum() / at["bytes_in"].sum(),
+            "fully_kept_pct": 100 * (at["gt_kept"] >= 1).mean(), "no_region": int((at["status"] == "no_region").sum()),
+            "uncertain": int((at["status"] == "uncertain").sum()), "methods": ", ".join(sorted(at["method"].unique()))}
 
 
-def misses(by_margin, margin):
-    """Photos whose crop at margin loses part of the ground-truth region, worst first."""
-    at = by_margin[by_margin["margin"] == margin]
+def misses(crops, rule):
+    """Photos whose crop by rule loses part of the ground-truth region, worst first."""
+    at = _at(crops, rule)
     return at[at["gt_kept"] < 1].sort_values("gt_kept")
 
 
-def margin_curve(by_margin):
-    """Per margin: share of bytes saved and share of photos whose whole region is kept, in %."""
-    g = by_margin.groupby("margin")
+def margin_curve(crops):
+    """Per box probability and margin: share of bytes saved and share of photos whose whole region is kept, in %."""
+    g = crops.groupby(["probability", "margin"])
     return pd.DataFrame({
         "saving_pct": 100 * (1 - g["bytes_out"].sum() / g["bytes_in"].sum()),
         "photos_fully_kept_pct": 100 * g["gt_kept"].apply(lambda k: (k >= 1).mean()),
     }).reset_index()
 
 
-def format_table(by_format, by_margin, margin):
-    """Mean bytes of the crop at margin per format and quality, and the share of the photo it saves."""
-    at = by_margin[(by_margin["margin"] == margin) & by_margin["found"]]
+def format_table(by_format, crops, rule):
+    """Mean bytes of the crop by rule per format and quality, and the share of the photo it saves."""
+    at = _at(crops, rule)
+    at = at[at["status"] == "ok"]
     fmt = by_format.groupby(["format", "quality"])["bytes_out"].mean().reset_index()
     fmt["saving_pct"] = 100 * (1 - fmt["bytes_out"] / at["bytes_in"].mean())
     return fmt
@@ -187,10 +234,10 @@ def baseline_table(baselines):
     return baselines.groupby("method")[["bytes", "psnr", "ssim", "setting"]].mean()
 
 
-def archive_table(by_margin, margin, photos=1_000_000):
+def archive_table(crops, rule, photos=1_000_000):
     """An archive of `photos` photos in TB before and after, for our photos and for photos large
     enough that our saving fraction saves the paper's 2 MB each."""
-    at = by_margin[by_margin["margin"] == margin]
+    at = _at(crops, rule)
     frac = 1 - at["bytes_out"].sum() / at["bytes_in"].sum()
     sizes = {"ours": at["bytes_in"].mean(), "paper-sized (2 MB saved each)": PAPER_SAVING_BYTES / frac}
     rows = [{"photos": name, "mean_photo_MB": b / 1e6, "saving_fraction": frac,
@@ -208,7 +255,8 @@ def compress_summary(predictor, folder, margin=None):
         rows = pd.DataFrame(compress(Tool(predictor), folder, tmp, margin, progress=False))
     ok = rows[rows["status"] == "ok"]
     b_in, b_out = (pd.to_numeric(rows[c], errors="coerce") for c in ("bytes_in", "bytes_out"))
-    return rows, {"photos": len(rows), "cropped": len(ok), "copied_whole": int((rows["status"] == "no_region").sum()),
+    return rows, {"photos": len(rows), "cropped": len(ok), "whole_no_region": int((rows["status"] == "no_region").sum()),
+                  "whole_uncertain": int((rows["status"] == "uncertain").sum()),
                   "errors": int(rows["status"].str.startswith("error").sum()),
                   "mean_kb_in": b_in.mean() / 1e3, "mean_kb_out": b_out.mean() / 1e3,
                   "saved_pct": 100 * (1 - b_out.sum() / b_in.sum()),

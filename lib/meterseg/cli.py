@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, read, export, study, fetch}; it parses arguments and calls the library."""
+"""Command line: meterseg {train, predict, evaluate, compress, read, review, export, study, fetch}; it parses arguments and calls the library."""
 import argparse
 import dataclasses
 import sys
@@ -85,8 +85,9 @@ def cmd_compress(a):
     ok = [r for r in rows if r["status"] == "ok"]
     errors = [r for r in rows if r["status"].startswith("error")]
     bi, bo = sum(int(r["bytes_in"]) for r in ok), sum(int(r["bytes_out"]) for r in ok)
-    print(f"{len(rows)} photos: {len(ok)} cropped, {sum(r['status'] == 'no_region' for r in rows)} copied whole "
-          f"(no region), {len(errors)} errors; cropped bytes {bi} -> {bo}" + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else ""))
+    whole = {s: sum(r["status"] == s for r in rows) for s in ("no_region", "uncertain")}
+    print(f"{len(rows)} photos: {len(ok)} cropped, {whole['no_region']} stored whole (no region), {whole['uncertain']} "
+          f"stored whole (uncertain region), {len(errors)} errors; cropped bytes {bi} -> {bo}" + (f" ({100 * (1 - bo / bi):.1f}% saved)" if bi else ""))
     for r in errors:
         print(f"{r['source']}: {r['status']}", file=sys.stderr)
     return 1 if errors else 0
@@ -116,10 +117,24 @@ def cmd_read(a):
         raise DataError("read takes photo files, or one folder or URL prefix (s3://bucket/photos)")
     rows = read(tool_for(a, True), a.photos[0] if one else a.photos, a.out, a.reader, a.min_confidence,
                 engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
+    counts = {s: sum(r["status"].split(":")[0] == s for r in rows) for s in ("ok", "review", "unreadable", "no_region", "error")}
+    print(f"{len(rows)} photos: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f"; `meterseg review {a.out} --out review.html` shows the ones a person should check")
     for r in rows:
         if r["status"].startswith("error"):
             print(f"{r['source']}: {r['status']}", file=sys.stderr)
-    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+    return 1 if counts["error"] else 0
+
+
+def cmd_review(a):
+    from .review import apply_corrections, write_page
+    if a.apply:
+        n = apply_corrections(a.apply, a.table, a.out)
+        print(f"{a.out}: {n} readings corrected by a person, the rest as the model read them")
+    else:
+        person, total = write_page(a.table, a.out, a.photos)
+        print(f"{a.out}: {total} rows, {person} for a person first")
+    return 0
 
 
 def cmd_export(a):
@@ -168,8 +183,8 @@ def build_parser():
 
     c = sub.add_parser("compress", help="crop photos to the predicted reading region, with a manifest")
     c.add_argument("--checkpoint", required=True, help=MODEL_HELP)
-    c.add_argument("--margin", type=float, help="growth of the box, as a share of its longer side (default: the one "
-                   f"notebook 05 chose on validation, stored in the checkpoint; {CROP_MARGIN} for a checkpoint without)")
+    c.add_argument("--margin", type=float, help="growth of the box, as a share of its longer side (default: the crop "
+                   f"rule notebook 05 chose on validation, stored with the model; {CROP_MARGIN} for a model without)")
     c.add_argument("--format", default="lossless", choices=FORMATS)
     c.add_argument("--quality", type=int, default=90)
     c.add_argument("--read", action="store_true", help="also read the meter: reading, reading_confidence, reading_status")
@@ -187,6 +202,14 @@ def build_parser():
     add_engine_args(rd)
     rd.add_argument("photos", nargs="+", help="photos; or one folder or URL prefix, read on --engine")
     rd.set_defaults(func=cmd_read)
+
+    rv = sub.add_parser("review", help="write one self-contained HTML page to check doubtful readings; "
+                        "--apply merges the corrections it downloads into a new CSV")
+    rv.add_argument("table", help="a readings CSV (meterseg read) or a manifest (compress --read)")
+    rv.add_argument("--out", required=True, help="the page (review.html), or with --apply the merged CSV; never overwritten")
+    rv.add_argument("--photos", help="the folder the photos are in (default: . for a readings CSV, the manifest's folder)")
+    rv.add_argument("--apply", metavar="CORRECTIONS_CSV", help="merge these corrections (source,reading) into the table")
+    rv.set_defaults(func=cmd_review)
 
     ex = sub.add_parser("export", help="write a checkpoint as ONNX files and a model card (model.json) for the tool without torch")
     ex.add_argument("--checkpoint", required=True)

@@ -3,6 +3,7 @@
 model's size and gives the logit gap, so normalisation travels inside it."""
 import json
 import os
+from dataclasses import asdict
 import shutil
 import tempfile
 import warnings
@@ -14,13 +15,13 @@ import torch.nn as nn
 from .checkpoint import load_model
 from .config import REPO
 from .recognisers import HEIGHT, WIDTH
-from .tool import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, _torch_load, default_margin
+from .tool import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, _torch_load, CropRule
 
 UPSTREAM = {"name": "water-meters", "source": "github.com/iaoqian/water_meter_recognition", "folder": "WaterMeterDataset",
             "commit": "53bdd22a3b91f18ed4f8140757368fe6ee44ecb7", "licence": "MIT (the repository's; no separate "
             "licence is stated for the photos: research use, cite the source)"}
 LIMITS = ("Trained on household mechanical water meters photographed in one city (Hangzhou, China), 850 labelled "
-          "photos; not tested on gas meters, other meter types, other cameras or other cities. The crop margin was "
+          "photos; not tested on gas meters, other meter types, other cameras or other cities. The crop rule was "
           "chosen on validation photos; a crop can still cut the counter window on unseen photos (see the study's README).")
 
 
@@ -58,7 +59,7 @@ def find_summary(checkpoint, cfg):
 
 
 def model_card(ck, cfg, summary, has_reader):
-    """What model.json says: input, classes, crop margin and thresholds, test metrics, data, use and limits."""
+    """What model.json says: input, classes, the crop and accept rules, test metrics, data, use and limits."""
     from .pipeline import MIN_CONFIDENCE, REFINE_MARGIN, VOTE_JITTER_PX, VOTES
     test = (summary or {}).get("test")
     return {
@@ -70,11 +71,14 @@ def model_card(ck, cfg, summary, has_reader):
                   "normalisation": "inside the graph: (x / 255 - 0.5) / 0.25"},
         "output": {"name": "gap", "meaning": "logit(counter window) - logit(background) per model pixel",
                    "classes": ["background", "counter window"], "threshold": 0.0},
-        "crop": {"margin": default_margin(cfg), "margin_rule": "the box of the region grown by margin x its longer side"},
+        "crop": {**asdict(CropRule.of(cfg)),
+                 "rule": CropRule.__doc__.split(":", 1)[1].strip().replace("\n    ", " ")},
         "reading": {"file": READER_ONNX if has_reader else None, "strip": [HEIGHT, WIDTH], "digits": 5,
                     "min_confidence": MIN_CONFIDENCE, "refine_margin": REFINE_MARGIN, "votes": VOTES,
                     "vote_jitter_px": VOTE_JITTER_PX, "reader_epoch": ck.get("reader", {}).get("epoch"),
-                    "reader_val_exact": ck.get("reader", {}).get("val_exact")},
+                    "reader_val_exact": ck.get("reader", {}).get("val_exact"), "accept": ck.get("reader", {}).get("accept"),
+                    "statuses": "ok: the accept rule stands behind the reading; review: a person should check it; "
+                                "unreadable: not 5 digits or confidence under min_confidence; no_region"},
         "test_metrics": None if test is None else {
             "split": "test", "photos": test["n"], "resolution": "each photo's original size",
             **{k: round(v, 4) for k, v in test.items() if k != "n"}},

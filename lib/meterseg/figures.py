@@ -165,10 +165,10 @@ def dice_vs_time(histories, thresholds=QUALITY_THRESHOLDS):
     return fig
 
 
-def crop_misses(by_margin, margin, photos, truths, n=6):
-    """The photos whose crop at margin loses part of the region: truth tinted, crop box in red (None if none)."""
-    at = by_margin[by_margin["margin"] == margin].set_index("image")
-    miss = at[at["gt_kept"] < 1].sort_values("gt_kept").index[:n]
+def crop_misses(misses, photos, truths, n=6):
+    """The photos whose crop loses part of the region (analysis.misses): truth tinted, crop box in red (None if none)."""
+    at = misses.set_index("image")
+    miss = at.index[:n]
     if len(miss) == 0:
         return None
     idx = {Path(p).stem: i for i, p in enumerate(photos)}
@@ -180,17 +180,21 @@ def crop_misses(by_margin, margin, photos, truths, n=6):
     return fig
 
 
-def savings_curves(curve, formats, lossless_kb, margin):
-    """Left: bytes saved and photos fully kept against margin. Right: crop bytes by format and quality."""
+def savings_curves(curve, formats, lossless_kb, rule):
+    """Left: photos whose whole region is kept against bytes saved, one curve per box probability, the
+    margins as points and the rule marked. Right: crop bytes by format and quality."""
     fig, ax = plt.subplots(1, 2, figsize=(11, 3.5))
-    ax[0].plot(curve["margin"], curve["saving_pct"], marker="o", label="bytes saved %")
-    ax[0].plot(curve["margin"], curve["photos_fully_kept_pct"], marker="s", label="photos with 100% of region kept %")
-    ax[0].set(xlabel="margin (share of the box's longer side)", ylabel="%", title="crop against margin")
-    ax[0].legend()
+    for p, d in curve.groupby("probability"):
+        ax[0].plot(d["saving_pct"], d["photos_fully_kept_pct"], marker="o", label=f"box of p >= {p:g}, margins "
+                   + ", ".join(f"{m:g}" for m in d["margin"]))
+    at = curve[(curve["probability"] == rule.probability) & (curve["margin"] == rule.margin)]
+    ax[0].plot(at["saving_pct"], at["photos_fully_kept_pct"], "r*", ms=14, label=f"the rule: p {rule.probability:g}, margin {rule.margin:g}")
+    ax[0].set(xlabel="bytes saved %", ylabel="photos with the whole region kept %", title="the trade-off")
+    ax[0].legend(fontsize=7)
     for f, d in formats.groupby("format"):
         ax[1].plot(d["quality"], d["bytes_out"] / 1e3, marker="o", label=f)
     ax[1].axhline(lossless_kb, color="k", ls="--", label="crop as compress stores it")
-    ax[1].set(xlabel="quality", ylabel="mean KB per crop", title=f"crop at margin {margin}: format and quality")
+    ax[1].set(xlabel="quality", ylabel="mean KB per crop", title="the rule's crop: format and quality")
     ax[1].legend()
     fig.tight_layout()
     return fig
@@ -246,11 +250,11 @@ def examples(card, pairs):
 
 
 def reading_examples(study, photos, labels, predictor, n=6):
-    """The tool's wrong readings: its rectified strip over the labelled quad's strip, with both readings."""
+    """The tool's wrong readings (billing rule): its rectified strip beside the labelled quad's, with both readings and its status."""
     from .photos import read_label
     from .geometry import rectify
     from .reading_eval import WAYS, photo_quad
-    wrong = study[(study["way"] == WAYS[3]) & ~study["exact"]].head(n)
+    wrong = study[(study["way"] == WAYS[3]) & ~study["exact_billing"]].head(n)
     if len(wrong) == 0:
         return None
     by_stem = {Path(p).stem: (p, l) for p, l in zip(photos, labels)}
@@ -260,11 +264,26 @@ def reading_examples(study, photos, labels, predictor, n=6):
         quad, image = photo_quad(predictor, photo)
         orig = (image.shape[1], image.shape[0])
         truth_row = study[(study["image"] == r["image"]) & (study["way"] == WAYS[2])].iloc[0]
-        for ax, q, title in ((row[0], quad, f"{r['image']} tool: '{r['reading']}' (label {r['candidates']})"),
+        for ax, q, title in ((row[0], quad, f"{r['image']} tool: '{r['reading']}' ({r['status']}; billing {r['billing']})"),
                              (row[1], np.array(read_label(label, orig)), f"labelled quad: '{truth_row['reading']}'")):
             ax.axis("off")
             ax.set_title(title, fontsize=7)
             if q is not None:
                 ax.imshow(rectify(image, q))
     fig.tight_layout()
+    return fig
+
+
+def risk_coverage(curves, rule_points):
+    """Accuracy of accepted readings against the share accepted, one curve per split (reading_eval.risk_coverage),
+    and each split's point at the shipped accept rule ({split: (coverage %, accuracy %)})."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, c in curves.items():
+        ax.plot(c["coverage_pct"], c["accuracy_pct"], label=name)
+    for name, (cov, acc) in rule_points.items():
+        ax.plot([cov], [acc], "*", ms=12, label=f"{name}: the accept rule ({cov:.1f} % ok, {acc:.1f} % right)")
+    ax.axhline(99, color="k", ls=":", lw=0.8)
+    ax.set(xlabel="readings accepted (ok) %", ylabel="accepted readings right (billing rule) %", ylim=(85, 100.5),
+           title="risk and coverage: accepting by the lowest digit confidence")
+    ax.legend(fontsize=7)
     return fig

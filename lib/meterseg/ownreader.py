@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .geometry import rectify
-from .photos import label_readings, open_photo, read_label, to_rgb
-from .recognisers import BLANK, greedy_decode, strip_input
+from .photos import billing_reading, label_readings, open_photo, read_label, to_rgb
+from .recognisers import BLANK, DIGITS, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):
@@ -36,7 +36,8 @@ def to_strip(image):
 
 
 def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
-    """(strips (N,1,H,W), readings) of photos with exactly one candidate reading.
+    """(strips (N,1,H,W), readings) of the photos, each read as billing reads it (photos.billing_reading:
+    a half-turned wheel at the digit it is leaving).
 
     quads: the corners to rectify (default: the labelled ones). jitter, copies: also add `copies`
     strips per photo from corners moved by Gaussian noise of `jitter` pixels, so the reader
@@ -45,15 +46,15 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k, (photo, label) in enumerate(zip(photos, labels)):
-        cands = label_readings(label)
-        if len(cands) != 1 or (quads is not None and quads[k] is None):
-            continue  # a half-turned wheel (the target is ambiguous), or no region found
+        target = billing_reading(label_readings(label))
+        if len(target) != DIGITS or (quads is not None and quads[k] is None):
+            continue  # a label without a 5-digit reading, or no region found
         image = np.asarray(to_rgb(open_photo(photo), photo))
         quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
         for c in range(1 + copies):
             q = quad + (rng.normal(0, jitter, quad.shape) if c else 0)
             xs.append(to_strip(rectify(image, q)))
-            ys.append(cands[0])
+            ys.append(target)
     return torch.stack(xs), ys
 
 
@@ -94,14 +95,14 @@ def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
 def read_strips(model, x):
     """Digits of each strip in x (N,1,H,W)."""
     model.eval()
-    return [greedy_decode(lp.numpy())[0] for lp in model(x)]
+    return [greedy_decode(lp.numpy()).digits for lp in model(x)]
 
 
 class OwnReader:
     """The trained CRNN under torch, behind the recognisers' interface (read(strip) -> (digits, confidence))."""
 
-    def __init__(self, model):
-        self.model = model.eval()
+    def __init__(self, model, accept=None):
+        self.model, self.accept = model.eval(), accept
 
     def state(self, **meta):
         """What the shipped checkpoint keeps of this reader under "reader": weights and plain facts."""
@@ -110,9 +111,10 @@ class OwnReader:
 
     @classmethod
     def from_state(cls, state):
+        from .tool import accept_rule
         model = CRNN(state["width"])
         model.load_state_dict(state["state_dict"])
-        return cls(model)
+        return cls(model, accept_rule(state.get("accept")))
 
     name = "own"
 

@@ -121,6 +121,26 @@ def label_readings(path):
     return [d for f in fields for d in re.findall(r"\d+", f)]  # "00470.00479": a typo for two candidates
 
 
+def billing_reading(candidates):
+    """The reading billing takes from a label's candidates: each half-turned wheel at the digit it is
+    leaving (9 for a wheel between 9 and 0), so the meter is not billed for a unit it has not reached.
+    For two candidates this is the smaller; for four (two wheels turning, 00179 00170 00180 00189)
+    it is 00179, where the smallest, 00170, is a reading the meter never showed."""
+    if len(candidates) < 2:
+        return candidates[0] if candidates else ""
+    wheels = []
+    for digits in zip(*candidates):
+        d = sorted({int(c) for c in digits})
+        wheels.append(str(d[0]) if len(d) == 1 else "9" if d == [0, 9] else str(d[0]) if len(d) == 2 and d[1] == d[0] + 1
+                      else None)
+    return "".join(wheels) if None not in wheels else min(candidates)  # not adjacent digits: a label typo, take the smaller
+
+
+def half_turned_wheels(candidates):
+    """The wheels (1 = leftmost) whose digit differs between a label's candidates."""
+    return [i + 1 for i, digits in enumerate(zip(*candidates)) if len(set(digits)) > 1] if len(candidates) > 1 else []
+
+
 def polygon_mask(corners, photo_size, size=None):
     """Rasterise a quad to a bool mask at the photo's size, or area-resampled to size x size."""
     m = Image.new("L", photo_size, 0)

@@ -17,13 +17,16 @@ from PIL import Image
 from .geometry import fit_quad, gap_box, gap_to_mask, grow_box, rectify
 from .jpegcrop import lossless_crop, lossless_method
 from .photos import error_status, model_view, open_photo, to_rgb
-from .recognisers import DIGITS
+from .recognisers import DIGITS, Read
+from .tool import CropRule
 
 SOURCE_FIELDS = ["source", "status", "bytes_in", "mtime_ns", "etag", "sha256"]  # what the resume rule keys on
+CORNERS = [f"{a}{i}" for i in range(4) for a in "xy"]  # the read quad's corners in photo pixels
 MANIFEST_FIELDS = SOURCE_FIELDS + ["method", "bytes_out", "x0", "y0", "x1", "y1", "output", "confidence",
-                                   "reading", "reading_confidence", "reading_status"]
-CORNERS = [f"{a}{i}" for i in range(4) for a in "xy"]
-READ_FIELDS = SOURCE_FIELDS + ["reading", "confidence"] + CORNERS
+                                   "reading", "reading_confidence", "reading_status", "digit_confidence", "half_turned"] + CORNERS
+READ_FIELDS = SOURCE_FIELDS + ["reading", "confidence", "digit_confidence", "half_turned", "agreement"] + CORNERS
+NEEDS_A_PERSON = ("review", "unreadable", "no_region")  # read's statuses a person should look at (and errors)
+STORED = ("ok", "no_region", "uncertain")  # compress's statuses of a photo stored: cropped, or whole (flagged)
 FORMATS = ("lossless", "jpeg", "webp", "png")
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "webp": (".webp",), "png": (".png",)}  # first: the one appended
 MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
@@ -94,23 +97,36 @@ def encode(im, fmt, quality, exif=None):
     return buf.getvalue()
 
 
-def region(photo):
-    """(box on the photo's grid or None, confidence) of the predicted counter window."""
-    return gap_box(photo.gap, photo.size)
+def region(photo, probability=0.5):
+    """(box on the photo's grid or None, confidence) of the predicted counter window: the box of the pixels
+    the model gives at least `probability`; confidence is the mean probability inside the 0.5 region."""
+    box, conf = gap_box(photo.gap, photo.size)
+    if probability != 0.5 and box is not None:
+        box = gap_box(photo.gap - CropRule(probability=probability).logit, photo.size)[0]
+    return box, conf
+
+
+def crop_box(photo, rule):
+    """(box to crop to, before the margin, or None to store the photo whole; confidence; status): 'ok',
+    'no_region', or 'uncertain' when the region's confidence is under the rule's (stored whole, flagged)."""
+    box, conf = region(photo, rule.probability)
+    if box is None:
+        return None, conf, "no_region"
+    return (box, conf, "ok") if conf >= rule.min_confidence else (None, conf, "uncertain")
 
 
 def crop(photo, box, margin, fmt="lossless", quality=90):
-    """(output bytes, fields) of the photo cropped to box grown by margin; a photo with no region is
-    copied whole and says so. A JPEG's lossless crop keeps its original pixels (jpegcrop.py)."""
+    """(output bytes, fields) of the photo cropped to box grown by margin; with no box the photo is
+    copied whole. A JPEG's lossless crop keeps its original pixels (jpegcrop.py)."""
     if box is None:
-        return photo.data, {"status": "no_region", "method": "copy", "x0": 0, "y0": 0, "x1": photo.size[0], "y1": photo.size[1]}
+        return photo.data, {"method": "copy", "x0": 0, "y0": 0, "x1": photo.size[0], "y1": photo.size[1]}
     box = grow_box(box, margin, photo.size)
     if fmt == "lossless" and photo.format == "JPEG" and lossless_method():
         (out, box), method = lossless_crop(photo.data, box, photo.source), lossless_method()
     else:
         out_fmt = "png" if fmt == "lossless" else fmt  # lossless for a non-JPEG: PNG
         out, method = encode(photo.rgb.crop(box), out_fmt, quality, photo.exif), f"reencode-{out_fmt}"
-    return out, {"status": "ok", "method": method, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]}
+    return out, {"method": method, "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3]}
 
 
 def quad(segmenter, photo):
@@ -129,40 +145,46 @@ def quad(segmenter, photo):
 
 
 def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0):
-    """(digits, confidence) of the quad of an RGB uint8 image, voted over `votes` reads of its strip:
-    the quad itself and copies whose corners are moved by N(0, jitter) px, since predicted corners
-    are off by a few pixels. The DIGITS-digit reading with the highest summed confidence wins, with
-    its mean confidence; when no read has DIGITS digits, the quad's own read is returned."""
+    """The Read of the quad of an RGB uint8 image, voted over `votes` reads of its strip: the quad itself
+    and copies whose corners are moved by N(0, jitter) px, since predicted corners are off by a few
+    pixels. The DIGITS-digit reading with the highest summed confidence wins; its digit confidences and
+    next-digit probabilities are the means over the reads that gave it, its agreement their share of
+    the votes. When no read has DIGITS digits, the quad's own read is returned."""
     corners = np.asarray(corners, dtype=np.float64)
     rng = np.random.default_rng(seed)
     reads = [reader.read(rectify(image, q)) for q in [corners] + [corners + rng.normal(0, jitter, corners.shape)
                                                                   for _ in range(votes - 1)]]
     tally = {}
-    for digits, conf in reads:
-        if len(digits) == DIGITS:
-            tally.setdefault(digits, []).append(conf)
+    for r in reads:
+        if len(r.digits) == DIGITS:
+            tally.setdefault(r.digits, []).append(r)
     if not tally:
-        return reads[0]
-    best = max(tally, key=lambda d: sum(tally[d]))
-    return best, float(np.mean(tally[best]))
+        return reads[0]._replace(agreement=0.0)
+    won = tally[max(tally, key=lambda d: sum(r.confidence for r in tally[d]))]
+    mean = lambda rows: tuple(round(float(v), 4) for v in np.mean(rows, axis=0)) if rows[0] else ()  # noqa: E731
+    return Read(won[0].digits, float(np.mean([r.confidence for r in won])), mean([r.digit_confidence for r in won]),
+                mean([r.next_digit for r in won]), len(won) / len(reads))
 
 
-def plausible(reading, confidence, min_confidence=MIN_CONFIDENCE):
-    """'ok', or why a reading is flagged 'unreadable': not DIGITS digits, or low confidence."""
-    if len(reading) != DIGITS:
-        return f"unreadable: {len(reading)} digits"
-    if confidence < min_confidence:
-        return f"unreadable: confidence {confidence:.2f} < {min_confidence}"
-    return "ok"
+def decide(read, accept, min_confidence=MIN_CONFIDENCE):
+    """A reading's status: 'unreadable: ...' (not DIGITS digits, or confidence under min_confidence),
+    'ok' when the reader's accept rule stands behind it, else 'review'."""
+    if len(read.digits) != DIGITS:
+        return f"unreadable: {len(read.digits)} digits"
+    if read.confidence < min_confidence:
+        return f"unreadable: confidence {read.confidence:.2f} < {min_confidence}"
+    return "ok" if accept is not None and accept.accepts(read) else "review"
 
 
 def reading(tool, photo, min_confidence=MIN_CONFIDENCE):
-    """The tool's reading of a photo: (corners or None, digits, confidence rounded to 4 places, status)."""
-    corners = quad(tool.segmenter, photo)
-    if corners is None:
-        return None, "", 0.0, "no_region"
-    digits, conf = read_quad(tool.reader, np.asarray(photo.rgb), corners)
-    return corners, digits, round(conf, 4), plausible(digits, conf, min_confidence)
+    """The tool's reading of a photo: (corners or None, Read, status, reading fields for a row)."""
+    corners, accept = quad(tool.segmenter, photo), tool.reader.accept
+    read = Read("", 0.0, agreement=0.0) if corners is None else read_quad(tool.reader, np.asarray(photo.rgb), corners)
+    status = "no_region" if corners is None else decide(read, accept, min_confidence)
+    wheels = "n/a" if accept is None or not read.next_digit else ";".join(map(str, accept.half_turned_wheels(read)))
+    xy = {k: "" if corners is None else round(float(corners[i // 2][i % 2]), 1) for i, k in enumerate(CORNERS)}
+    return corners, read, status, {"digit_confidence": ";".join(f"{c:.3f}" for c in read.digit_confidence),
+                                   "half_turned": wheels if corners is not None else ""} | xy
 
 
 def source_fields(photo, listed):
@@ -172,24 +194,24 @@ def source_fields(photo, listed):
 
 
 def compress_row(tool, photo, listed, margin=None, fmt="lossless", quality=90, read=False, min_confidence=MIN_CONFIDENCE):
-    """compress's per-photo work: (crop bytes, manifest row). margin None: the model's. The row names
-    the output the crop is to be written to; the runner writes it."""
-    box, conf = region(photo)
-    out, fields = crop(photo, box, tool.segmenter.crop_margin if margin is None else margin, fmt, quality)
-    row = dict.fromkeys(MANIFEST_FIELDS, "") | source_fields(photo, listed) | fields
+    """compress's per-photo work: (crop bytes, manifest row), by the model's crop rule (margin: its margin
+    instead). The row names the output the crop is to be written to; the runner writes it."""
+    rule = tool.segmenter.crop_rule
+    box, conf, status = crop_box(photo, rule)
+    out, fields = crop(photo, box, rule.margin if margin is None else margin, fmt, quality)
+    row = dict.fromkeys(MANIFEST_FIELDS, "") | source_fields(photo, listed) | fields | {"status": status}
     row |= {"confidence": round(conf, 4), "bytes_out": len(out), "output": output_name(photo.source, fields["method"])}
     if read:
-        _, digits, rconf, status = reading(tool, photo, min_confidence)
-        row |= {"reading": digits, "reading_confidence": rconf, "reading_status": status}
+        _, r, status, fields = reading(tool, photo, min_confidence)
+        row |= {"reading": r.digits, "reading_confidence": round(r.confidence, 4), "reading_status": status} | fields
     return out, row
 
 
 def read_row(tool, photo, listed, min_confidence=MIN_CONFIDENCE, **_):
     """read's per-photo work: (None, readings row) with the corners in photo pixels."""
-    corners, digits, conf, status = reading(tool, photo, min_confidence)
-    xy = {k: "" if corners is None else round(float(corners[i // 2][i % 2]), 1) for i, k in enumerate(CORNERS)}
-    return None, dict.fromkeys(READ_FIELDS, "") | source_fields(photo, listed) | {
-        "status": status, "reading": digits, "confidence": conf} | xy
+    _, r, status, fields = reading(tool, photo, min_confidence)
+    return None, dict.fromkeys(READ_FIELDS, "") | source_fields(photo, listed) | fields | {
+        "status": status, "reading": r.digits, "confidence": round(r.confidence, 4), "agreement": round(r.agreement, 3)}
 
 
 JOBS = {"compress": (compress_row, MANIFEST_FIELDS), "read": (read_row, READ_FIELDS)}

@@ -13,7 +13,7 @@ from PIL import Image
 from .checkpoint import load_model
 from .geometry import gap_to_mask
 from .photos import DataError, load_photo
-from .tool import default_margin
+from .tool import CropRule
 
 
 def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):
@@ -48,7 +48,7 @@ class Predictor:
     def __init__(self, model, cfg, device="cpu"):
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.size = cfg["size"]
-        self.crop_margin = default_margin(cfg)  # compress's: notebook 05 stores the one validation chose
+        self.crop_rule = CropRule.of(cfg)  # compress's: notebook 05 stores the one validation chose
         # the tool's path (gaps): bf16 on a GPU and on CPUs with bf16 units, else fp32; the study's (logit_gaps): fp32 on CPUs
         self.bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
         self.backend = f"torch {'bf16' if self.bf16 else 'fp32'} {self.device}"

@@ -8,7 +8,7 @@ Guarantees, the same for every store and engine:
 - Photos go out in shards. A shard's worker writes its outputs, then one part (a CSV of exactly those
   rows) under PARTS; the run ends by merging the parts into the table (OUT/manifest.csv, or read's
   CSV), one row per source, and deletes them. A kill loses at most the shards in flight.
-- Resume (one rule): a row is kept while its status is final (compress: ok or no_region, its output
+- Resume (one rule): a row is kept while its status is final (compress: ok, no_region or uncertain, its output
   present; read: anything but an error), and its source is unchanged: same size and mtime, and the
   same ETag where the store gives one (objects), else the same sha256 (local files, hashed again).
 - Clash (one rule): an output keeps its source's name, or appends the new extension when re-encoded
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .photos import DataError
-from .pipeline import EXTENSIONS, FORMATS, JOBS, error_row, load, segment, sha256_bytes
+from .pipeline import EXTENSIONS, FORMATS, JOBS, STORED, error_row, load, segment, sha256_bytes
 from .stores import (PARTS, fetch, file_sources, held, is_local, list_sources, new_file_mode, open_store, put_whole,
                      read_rows, rows_csv)
 
@@ -138,7 +138,7 @@ def plan(job, fs_in, sources, fs_out, out_root, table, parts, needs_reading=Fals
     def final(r):
         if job == "read":
             return not r["status"].startswith("error")
-        return r["status"] in ("ok", "no_region") and r.get("output") in existing and bool(r.get("reading_status")) >= needs_reading
+        return r["status"] in STORED and r.get("output") in existing and bool(r.get("reading_status")) >= needs_reading
     candidates = [r for r in merged.values() if r["source"] in sources and final(r)]
     with ThreadPoolExecutor(8) as pool:
         fresh = list(pool.map(lambda r: unchanged(r, sources[r["source"]], fs_in), candidates))

@@ -39,8 +39,9 @@ def new_file_mode():
     return 0o666 & ~umask
 
 
-def atomic_write(path, data, mode=None):
-    """Write bytes to a local path whole or not at all (temp file `.part-<name>-*` beside it, then rename)."""
+def atomic_write(path, data, mode=None, new=False):
+    """Write bytes to a local path whole or not at all (temp file `.part-<name>-*` beside it, then rename);
+    new: never replace a file (FileExistsError if path exists, even one made meanwhile)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".part-{path.name}-")
@@ -48,10 +49,12 @@ def atomic_write(path, data, mode=None):
         os.fchmod(fd, new_file_mode() if mode is None else mode)  # mkstemp makes 0600: others could not read it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
+        if new:
+            os.link(tmp, path)  # fails if path exists; a rename would replace it
+        else:
+            os.replace(tmp, path)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def put_whole(fs, path, data, mode=None):
