@@ -83,13 +83,13 @@ def test_accept_rule_by_hand():
     assert rule.accepts(good) and rule.half_turned_wheels(good) == []
     assert not rule.accepts(good._replace(digit_confidence=(0.95, 0.99, 0.97, 0.96, 0.89)))
     assert not rule.accepts(good._replace(agreement=4 / 9))
-    turning = good._replace(next_digit=(0.0, 0.0, 0.0, 0.31, 0.45))
+    turning = good._replace(half_turn=(0.0, 0.0, 0.0, 0.31, 0.45))
     assert rule.half_turned_wheels(turning) == [4, 5] and not rule.accepts(turning)
     assert AcceptRule(0.9, 5 / 9, 0.3, review_half_turned=False).accepts(turning)
 
 
 class ScriptedReader:
-    """Answers the given (digits, confidence) reads in turn, each digit at that confidence and next digit
+    """Answers the given (digits, confidence) reads in turn, each digit at that confidence and half-turned
     at 1 - it, and keeps the strips it was shown."""
 
     def __init__(self, reads):
@@ -108,7 +108,7 @@ def test_read_quad_votes_by_summed_confidence_by_hand():
     r = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
     won = pipeline.read_quad(r, img, quad, votes=4, jitter=3.0)
     assert won.digits == "12345" and won.confidence == pytest.approx(0.55) and won.agreement == 0.5
-    assert won.digit_confidence == (0.55,) * 5 and won.next_digit == (0.45,) * 5  # the means over its two reads
+    assert won.digit_confidence == (0.55,) * 5 and won.half_turn == (0.45,) * 5  # the means over its two reads
     assert np.array_equal(r.strips[0], geometry.rectify(img, quad))  # the first read is the quad itself
     assert not np.array_equal(r.strips[1], r.strips[0])  # the others are jittered
     again = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
@@ -202,17 +202,19 @@ def test_compress_read_reads_as_read_does(tmp_path, smoke_run, synthetic):
 
 def test_greedy_ctc_decode_by_hand():
     import torch
-    from meterseg.ownreader import BLANK, greedy_decode
+    from meterseg.recognisers import BETWEEN, BLANK, greedy_decode
     steps = [3, 3, BLANK, 3, 0, BLANK, BLANK, 7]  # repeats merge, a blank splits them
     logp = torch.full((len(steps), BLANK + 1), -20.0)
     logp[torch.arange(len(steps)), torch.tensor(steps)] = 0.0
     read = greedy_decode(logp)
     assert read.digits == "3307" and read.confidence == pytest.approx(1.0) and read.digit_confidence == (1.0,) * 4
-    # a wheel caught turning: the step that reads 4 also gives 5 (the next digit) 30 %, and 3 (not next) 10 %
+    # classes 10-19: a wheel caught between d and d + 1, billed as d. Step 0: 4 shown 0.6, 4-turning 0.3, 5 0.1;
+    # step 2: 9-turning (between 9 and 0) 0.7, 9 shown 0.2, 0 0.1
     logp = np.log(np.full((3, BLANK + 1), 1e-9))
-    logp[0, 4], logp[0, 5], logp[0, 3], logp[1, BLANK], logp[2, 9], logp[2, 0] = np.log([0.6, 0.3, 0.1, 1.0, 0.8, 0.2])
+    logp[0, 4], logp[0, BETWEEN + 4], logp[0, 5], logp[1, BLANK] = np.log([0.6, 0.3, 0.1, 1.0])
+    logp[2, BETWEEN + 9], logp[2, 9], logp[2, 0] = np.log([0.7, 0.2, 0.1])
     read = greedy_decode(logp)
-    assert read.digits == "49" and read.digit_confidence == (0.6, 0.8) and read.next_digit == (0.3, 0.2)
+    assert read.digits == "49" and read.digit_confidence == (0.9, 0.9) and read.half_turn == (0.3, 0.7)
 
 
 def test_own_reader_learns_a_few_strips():
@@ -228,7 +230,8 @@ def test_own_reader_learns_a_few_strips():
         ImageDraw.Draw(im).text((8, 4), " ".join(y), fill="black", font=font)
         strips.append(ownreader.to_strip(np.asarray(im)))
     x = __import__("torch").stack(strips)
-    model, history = ownreader.train_reader(x.repeat(8, 1, 1, 1), ys * 8, x, ys, epochs=40, batch=16, lr=3e-3)
+    tokens = [[int(c) for c in y] for y in ys]
+    model, history = ownreader.train_reader(x.repeat(8, 1, 1, 1), tokens * 8, x, tokens, epochs=40, batch=16, lr=3e-3)
     assert history[-1][1] < history[0][1] / 3
     assert max(e for _, _, e in history) >= 0.75
 

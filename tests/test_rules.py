@@ -21,7 +21,7 @@ def test_upper_error_matches_the_binomial_tail():
 
 
 def reads_frame(rows):
-    return pd.DataFrame([{"reading": r, "confidence": c, "min_digit_confidence": c, "agreement": a, "next_digit": nd,
+    return pd.DataFrame([{"reading": r, "confidence": c, "min_digit_confidence": c, "agreement": a, "half_turn": nd,
                           "exact_billing": ok, "exact_any": ok, "half_turned_truth": ""} for r, c, a, nd, ok in rows])
 
 

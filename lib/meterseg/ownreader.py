@@ -7,8 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .geometry import rectify
-from .photos import billing_reading, label_readings, open_photo, read_label, to_rgb
-from .recognisers import BLANK, DIGITS, greedy_decode, strip_input
+from .photos import billing_reading, half_turned_wheels, label_readings, open_photo, read_label, to_rgb
+from .recognisers import BETWEEN, BLANK, DIGITS, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):
@@ -25,7 +25,7 @@ class CRNN(nn.Module):
         self.head = nn.Linear(4 * width, BLANK + 1)
 
     def forward(self, x):
-        """(N, 1, HEIGHT, WIDTH) -> (N, WIDTH / 4, 11) log-probabilities."""
+        """(N, 1, HEIGHT, WIDTH) -> (N, WIDTH / 4, 21) log-probabilities: digits, half-turned digits, blank."""
         f = self.conv(x).squeeze(2).transpose(1, 2)
         return F.log_softmax(self.head(self.rnn(f)[0]), dim=-1)
 
@@ -36,8 +36,8 @@ def to_strip(image):
 
 
 def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
-    """(strips (N,1,H,W), readings) of the photos, each read as billing reads it (photos.billing_reading:
-    a half-turned wheel at the digit it is leaving).
+    """(strips (N,1,H,W), targets) of the photos: per wheel its billing digit d (photos.billing_reading: a
+    half-turned wheel at the digit it is leaving), or BETWEEN + d where the label has the wheel half-turned.
 
     quads: the corners to rectify (default: the labelled ones). jitter, copies: also add `copies`
     strips per photo from corners moved by Gaussian noise of `jitter` pixels, so the reader
@@ -46,26 +46,29 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k, (photo, label) in enumerate(zip(photos, labels)):
-        target = billing_reading(label_readings(label))
+        cands = label_readings(label)
+        target, half = billing_reading(cands), half_turned_wheels(cands)
         if len(target) != DIGITS or (quads is not None and quads[k] is None):
             continue  # a label without a 5-digit reading, or no region found
+        tokens = [int(d) + (BETWEEN if i + 1 in half else 0) for i, d in enumerate(target)]
         image = np.asarray(to_rgb(open_photo(photo), photo))
         quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
         for c in range(1 + copies):
             q = quad + (rng.normal(0, jitter, quad.shape) if c else 0)
             xs.append(to_strip(rectify(image, q)))
-            ys.append(target)
+            ys.append(tokens)
     return torch.stack(xs), ys
 
 
 def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
-    """Train a CRNN with CTC; keeps the epoch with the best validation exact-reading accuracy.
-    Returns (model in eval mode, history of (epoch, loss, val exact))."""
+    """Train a CRNN with CTC on class sequences (labelled_strips' targets); keeps the epoch with the best
+    validation exact-reading accuracy (billing digits). Returns (model in eval mode, history of (epoch, loss, val exact))."""
     torch.manual_seed(seed)
     model = CRNN()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
-    targets = [torch.tensor([int(c) for c in y]) for y in ys]
+    targets = [torch.tensor(y) for y in ys]
+    ys_val = ["".join(str(c % BETWEEN) for c in y) for y in ys_val]  # the digits a read gives
     g = torch.Generator().manual_seed(seed)
     best, best_state, history = -1.0, None, []
     for epoch in range(epochs):

@@ -148,7 +148,7 @@ def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0
     """The Read of the quad of an RGB uint8 image, voted over `votes` reads of its strip: the quad itself
     and copies whose corners are moved by N(0, jitter) px, since predicted corners are off by a few
     pixels. The DIGITS-digit reading with the highest summed confidence wins; its digit confidences and
-    next-digit probabilities are the means over the reads that gave it, its agreement their share of
+    half-turn probabilities are the means over the reads that gave it, its agreement their share of
     the votes. When no read has DIGITS digits, the quad's own read is returned."""
     corners = np.asarray(corners, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -163,7 +163,7 @@ def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0
     won = tally[max(tally, key=lambda d: sum(r.confidence for r in tally[d]))]
     mean = lambda rows: tuple(round(float(v), 4) for v in np.mean(rows, axis=0)) if rows[0] else ()  # noqa: E731
     return Read(won[0].digits, float(np.mean([r.confidence for r in won])), mean([r.digit_confidence for r in won]),
-                mean([r.next_digit for r in won]), len(won) / len(reads))
+                mean([r.half_turn for r in won]), len(won) / len(reads))
 
 
 def decide(read, accept, min_confidence=MIN_CONFIDENCE):
@@ -181,7 +181,7 @@ def reading(tool, photo, min_confidence=MIN_CONFIDENCE):
     corners, accept = quad(tool.segmenter, photo), tool.reader.accept
     read = Read("", 0.0, agreement=0.0) if corners is None else read_quad(tool.reader, np.asarray(photo.rgb), corners)
     status = "no_region" if corners is None else decide(read, accept, min_confidence)
-    wheels = "n/a" if accept is None or not read.next_digit else ";".join(map(str, accept.half_turned_wheels(read)))
+    wheels = "n/a" if accept is None or not read.half_turn else ";".join(map(str, accept.half_turned_wheels(read)))
     xy = {k: "" if corners is None else round(float(corners[i // 2][i % 2]), 1) for i, k in enumerate(CORNERS)}
     return corners, read, status, {"digit_confidence": ";".join(f"{c:.3f}" for c in read.digit_confidence),
                                    "half_turned": wheels if corners is not None else ""} | xy

@@ -12,7 +12,7 @@ from scipy.stats import beta
 from .geometry import corner_error
 from .photos import billing_reading, half_turned_wheels, label_readings, read_label
 from .recognisers import DIGITS, Read
-from .pipeline import VOTE_JITTER_PX, VOTES, crop, crop_box, decide, load, quad, read_quad, segment
+from .pipeline import MIN_CONFIDENCE, VOTE_JITTER_PX, VOTES, crop, crop_box, decide, load, quad, read_quad, segment
 
 WAYS = ("whole photo", "box crop (compress)", "rectified labelled quad (ceiling)",
         "rectified predicted quad (the tool)", "stored crop, rectified predicted quad")
@@ -32,7 +32,7 @@ def scored(read, candidates):
     return {"reading": read.digits, "confidence": read.confidence, "billing": truth, "exact_billing": read.digits == truth,
             "exact_any": read.digits in candidates, "digit_acc": digit_accuracy(read.digits, truth),
             "min_digit_confidence": min(read.digit_confidence, default=0.0), "agreement": read.agreement,
-            "next_digit": ";".join(f"{u:.3f}" for u in read.next_digit),
+            "half_turn": ";".join(f"{u:.3f}" for u in read.half_turn),
             "half_turned_truth": ";".join(map(str, half_turned_wheels(candidates)))}
 
 
@@ -171,12 +171,12 @@ def upper_error(errors, n, confidence=0.95):
 
 
 def half_turned_threshold(reads, grid=(0.05, 0.1, 0.2, 0.3, 0.5)):
-    """The next-digit probability from which a wheel is called half-turned: the one of the grid with the best F1
+    """The half-turn probability from which a wheel is called half-turned: the one of the grid with the best F1
     against the labelled half-turned wheels of `reads` (a frame of scored rows)."""
     table = []
     for t in grid:
         tp = fp = fn = 0
-        for nd, truth in zip(reads["next_digit"], reads["half_turned_truth"]):
+        for nd, truth in zip(reads["half_turn"], reads["half_turned_truth"]):
             said = {i + 1 for i, u in enumerate(map(float, filter(None, nd.split(";")))) if u >= t}
             real = {int(w) for w in filter(None, truth.split(";"))}
             tp, fp, fn = tp + len(said & real), fp + len(said - real), fn + len(real - said)
@@ -193,8 +193,8 @@ def choose_accept_rule(reads, target=TARGET_ERROR, half_turned=0.5):
     from .tool import AcceptRule
     c = reads["min_digit_confidence"]
     floors = sorted({0.0, *c[c <= c.median()]})  # every floor that changes what is accepted, up to half
-    five = reads["reading"].str.len() == DIGITS
-    half = reads["next_digit"].apply(lambda nd: any(float(u) >= half_turned for u in filter(None, nd.split(";"))))
+    five = (reads["reading"].str.len() == DIGITS) & (reads["confidence"] >= MIN_CONFIDENCE)  # else unreadable
+    half = reads["half_turn"].apply(lambda nd: any(float(u) >= half_turned for u in filter(None, nd.split(";"))))
     rows = []
     for floor in floors:
         for a in (0.0, 3 / 9, 5 / 9, 7 / 9, 1.0):
@@ -217,8 +217,8 @@ def choose_accept_rule(reads, target=TARGET_ERROR, half_turned=0.5):
 def accepted(reads, rule):
     """Coverage and accuracy of the readings the rule calls 'ok', by both rules."""
     ok = reads.apply(lambda r: decide(Read(r["reading"], r["confidence"], (r["min_digit_confidence"],),
-                                           tuple(float(u) for u in filter(None, r["next_digit"].split(";"))),
-                                           r["agreement"]), rule, 0.0) == "ok", axis=1)
+                                           tuple(float(u) for u in filter(None, r["half_turn"].split(";"))),
+                                           r["agreement"]), rule) == "ok", axis=1)
     n = int(ok.sum())
     return {"photos": len(reads), "ok": n, "coverage_pct": 100 * n / len(reads),
             "ok_right_billing_pct": 100 * reads.loc[ok, "exact_billing"].mean() if n else float("nan"),

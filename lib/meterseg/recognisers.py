@@ -9,17 +9,18 @@ import numpy as np
 
 DIGITS = 5  # a water-meter counter shows 5 wheels
 HEIGHT, WIDTH = 32, 128  # the CRNN's input strip: a 5-digit window is about 4:1
-BLANK = 10  # the CRNN's CTC blank; classes 0-9 are the digits
+BETWEEN = 10  # class BETWEEN + d: a wheel caught between d and the next digit (its billing digit is d)
+BLANK = 20  # the CRNN's CTC blank; classes 0-9 are the digits, 10-19 the half-turned wheels
 
 
 class Read(NamedTuple):
-    """A reading: its digits, confidence (mean of the digits'), each digit's confidence, and each digit's
-    probability of the digit after it (a wheel caught turning; () where the reader cannot say).
+    """A reading: its digits, confidence (mean of the digits'), each digit's confidence, and each wheel's
+    probability of being caught between its digit and the next (half_turn; () where the reader cannot say).
     agreement: the share of a vote's reads that gave these digits (1.0 for a single read)."""
     digits: str
     confidence: float
     digit_confidence: tuple = ()
-    next_digit: tuple = ()
+    half_turn: tuple = ()
     agreement: float = 1.0
 
 
@@ -31,21 +32,27 @@ def strip_input(image):
 
 
 def greedy_decode(logp):
-    """Best path of (T, 11) log-probabilities as a Read. A digit's confidence is its highest probability
-    over the steps that emit it; its next_digit the highest probability of the digit after it there."""
+    """Best path of (T, 21) log-probabilities as a Read. A wheel's digit is its class mod 10 (a half-turned
+    wheel is read as the digit it is leaving); its confidence the highest probability of that digit, shown
+    or half-turned, over the steps that emit it; its half_turn the highest probability of it half-turned."""
     probs = np.exp(np.asarray(logp, dtype=np.float64))
     best = probs.argmax(-1).tolist()
-    out, conf, upper, prev = [], [], [], BLANK
+    out, conf, half, prev = [], [], [], BLANK
     for t, k in enumerate(best):
-        if k != BLANK and k == prev:  # the same digit held over another step
-            conf[-1], upper[-1] = max(conf[-1], probs[t, k]), max(upper[-1], probs[t, (k + 1) % 10])
-        elif k != BLANK:
-            out.append(str(k))
-            conf.append(probs[t, k])
-            upper.append(probs[t, (k + 1) % 10])
+        if k == BLANK:
+            prev = k
+            continue
+        d = k % BETWEEN
+        c, h = probs[t, d] + probs[t, BETWEEN + d], probs[t, BETWEEN + d]
+        if k == prev:  # the same class held over another step
+            conf[-1], half[-1] = max(conf[-1], c), max(half[-1], h)
+        else:
+            out.append(str(d))
+            conf.append(c)
+            half.append(h)
         prev = k
-    conf, upper = tuple(round(float(c), 4) for c in conf), tuple(round(float(u), 4) for u in upper)
-    return Read("".join(out), float(np.mean(conf)) if conf else 0.0, conf, upper)
+    conf, half = tuple(round(float(c), 4) for c in conf), tuple(round(float(u), 4) for u in half)
+    return Read("".join(out), float(np.mean(conf)) if conf else 0.0, conf, half)
 
 
 class RapidReader:

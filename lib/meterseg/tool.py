@@ -51,7 +51,7 @@ class AcceptRule:
     """When the tool stands behind a 5-digit reading (status 'ok'; else 'review'), chosen on validation
     (notebook 06) and stored with the reader: every digit at least `min_digit_confidence`, at least
     `min_agreement` of the vote's reads agreeing, and, if `review_half_turned`, no wheel half-turned.
-    A wheel is half-turned when its probability of the next digit reaches `half_turned`."""
+    A wheel is half-turned when its probability of being caught between two digits reaches `half_turned`."""
     min_digit_confidence: float = 0.0
     min_agreement: float = 0.0
     half_turned: float = 0.5
@@ -59,7 +59,7 @@ class AcceptRule:
 
     def half_turned_wheels(self, read):
         """The wheels (1 = leftmost) of a Read caught between two digits."""
-        return [i + 1 for i, u in enumerate(read.next_digit) if u >= self.half_turned]
+        return [i + 1 for i, u in enumerate(read.half_turn) if u >= self.half_turned]
 
     def accepts(self, read):
         return (min(read.digit_confidence, default=0.0) >= self.min_digit_confidence and read.agreement >= self.min_agreement
