@@ -45,7 +45,7 @@ def test_hierarchical_bootstrap_sees_seed_spread_the_paired_test_ignores():
     w = stats.welch(runs(a), runs(b))
     assert p["p"] < 0.01 and p["ci95"][0] > 0  # "significant" for these networks
     assert h["ci95"][0] <= 0 <= h["ci95"][1] and w["ci95"][0] <= 0 <= w["ci95"][1]  # not for the architectures
-    assert stats.verdict(w["ci95"], "a", "b") == "no difference shown"
+    assert stats.verdict(w["ci95"], "a", "b").startswith("undecided")
 
 
 def test_compare_reports_points_and_per_seed_differences():
@@ -56,3 +56,30 @@ def test_compare_reports_points_and_per_seed_differences():
     assert row["diff_of_seed_means"] == pytest.approx(100 * (0.93 - 0.90))
     assert row["per_seed_diffs"] == "+2.00 +2.00 +5.00"
     assert row["mean_a"] == pytest.approx(90.0) and row["seeds"] == "3/3"
+
+
+def test_tost_matches_two_one_sided_scipy_welch_tests():
+    """TOST's p is the larger of scipy's one-sided Welch tests of b + m > a and b - m < a."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.945, 0.002, (5, 30)), rng.normal(0.946, 0.002, (5, 30))
+    ma, mb = a.mean(axis=1), b.mean(axis=1)
+    m = stats.EQUIVALENCE_MARGIN
+    ref = max(sps.ttest_ind(mb + m, ma, equal_var=False, alternative="greater").pvalue,
+              sps.ttest_ind(mb - m, ma, equal_var=False, alternative="less").pvalue)
+    t = stats.tost(runs(a), runs(b))
+    assert t["p"] == pytest.approx(ref, rel=1e-9) and t["p"] < 0.05
+    ci = sps.ttest_ind(mb, ma, equal_var=False).confidence_interval(0.90)
+    assert t["ci90"] == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert -m < t["ci90"][0] and t["ci90"][1] < m  # the same decision, read from the 90 % CI
+
+
+def test_the_three_way_verdict():
+    rng = np.random.default_rng(4)
+    base = rng.normal(0.945, 0.001, (5, 30))
+    same = stats.compare("A", runs(base), "B", runs(base + rng.normal(0, 0.0005, (5, 1))))
+    assert same["verdict_seeds"] == "equivalent within +-0.5 points"
+    apart = stats.compare("A", runs(base), "B", runs(base + 0.02))
+    assert apart["verdict_seeds"] == "B beats A"
+    noisy = stats.compare("A", runs(rng.normal(0.945, 0.01, (3, 30)) + rng.normal(0, 0.01, (3, 1))),
+                          "B", runs(rng.normal(0.947, 0.01, (3, 30)) + rng.normal(0, 0.01, (3, 1))))
+    assert noisy["verdict_seeds"].startswith("undecided: ~") and noisy["seeds_needed"] > 3

@@ -189,7 +189,8 @@ def savings_curves(curve, formats, lossless_kb, rule):
                    + ", ".join(f"{m:g}" for m in d["margin"]))
     at = curve[(curve["probability"] == rule.probability) & (curve["margin"] == rule.margin)]
     ax[0].plot(at["saving_pct"], at["photos_fully_kept_pct"], "r*", ms=14, label=f"the rule: p {rule.probability:g}, margin {rule.margin:g}")
-    ax[0].set(xlabel="bytes saved %", ylabel="photos with the whole region kept %", title="the trade-off")
+    ax[0].set(xlabel="bytes saved %", ylabel="photos with the whole region kept %", ylim=(90, 100.5),
+              title="the trade-off (margin 0 falls below the axis)")
     ax[0].legend(fontsize=7)
     for f, d in formats.groupby("format"):
         ax[1].plot(d["quality"], d["bytes_out"] / 1e3, marker="o", label=f)

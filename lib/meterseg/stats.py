@@ -67,15 +67,55 @@ def paired_images(a, b, metric="dice", n_boot=10_000, seed=0):
             "images_better": int((d > 0).sum()), "images_worse": int((d < 0).sum()), "n_images": len(d)}
 
 
-def verdict(ci, label_a="a", label_b="b"):
-    """Which row is better by a 95 % CI of b - a, or 'no difference shown' when it holds 0."""
+EQUIVALENCE_MARGIN = 0.005  # +-0.5 Dice points, fixed in the README's Protocol before the converged runs
+
+
+def tost(a, b, margin=EQUIVALENCE_MARGIN, metric="dice"):
+    """Two one-sided Welch tests (seeds as the unit) of -margin < b - a < margin: p is the larger one-sided
+    p, so equivalence is shown at 5 % when p < 0.05 (the 90 % CI of b - a lies inside +-margin)."""
+    ma, mb = per_seed_means(a, metric), per_seed_means(b, metric)
+    va, vb = ma.var(ddof=1) / len(ma), mb.var(ddof=1) / len(mb)
+    diff, se = mb.mean() - ma.mean(), np.sqrt(va + vb)
+    if se == 0:
+        return {"p": float(abs(diff) >= margin), "ci90": (float(diff), float(diff))}
+    df = (va + vb) ** 2 / (va**2 / (len(ma) - 1) + vb**2 / (len(mb) - 1))
+    p = max(sps.t.sf((diff + margin) / se, df), sps.t.cdf((diff - margin) / se, df))
+    half = sps.t.ppf(0.95, df) * se
+    return {"p": float(p), "ci90": (float(diff - half), float(diff + half))}
+
+
+def seeds_needed(a, b, margin=EQUIVALENCE_MARGIN, metric="dice", power=0.8):
+    """Seeds per row that would settle the comparison with 80 % power if the observed difference and seed
+    SD were the true ones: to show the difference (two-sided 5 %) or, where it is inside the margin,
+    equivalence (TOST at 5 %), whichever needs fewer (normal approximation)."""
+    ma, mb = per_seed_means(a, metric), per_seed_means(b, metric)
+    var = (ma.var(ddof=1) + mb.var(ddof=1))  # of a difference of two seed means, times n
+    d = abs(mb.mean() - ma.mean())
+    z = sps.norm.ppf
+    need = [var * (z(0.975) + z(power)) ** 2 / d**2] if d > 0 else []
+    if d < margin:
+        need.append(var * (z(0.95) + z(1 - (1 - power) / 2)) ** 2 / (margin - d) ** 2)
+    return int(np.ceil(min(need))) if need else None
+
+
+def verdict(ci, label_a="a", label_b="b", tost_p=None, margin=EQUIVALENCE_MARGIN, needed=None):
+    """The three-way verdict: one row beats the other (the 95 % CI of b - a excludes 0), the two are
+    equivalent within +-margin (TOST p < 0.05), or undecided, with the seeds per row that would settle it."""
     lo, hi = ci
-    return f"{label_b} better" if lo > 0 else f"{label_a} better" if hi < 0 else "no difference shown"
+    m = f"+-{100 * margin:g}"
+    better = f"{label_b} beats {label_a}" if lo > 0 else f"{label_a} beats {label_b}" if hi < 0 else None
+    equivalent = tost_p is not None and tost_p < 0.05
+    if better:
+        return better + (f" (by less than {m}: also equivalent)" if equivalent else "")
+    if equivalent:
+        return f"equivalent within {m} points"
+    return "undecided" + (f": ~{needed} seeds per row would be needed" if needed else "")
 
 
 def compare(label_a, a, label_b, b, metric="dice"):
     """One row of the comparisons table: every statistic above for b - a, in points of the metric (%)."""
     w, h, p = welch(a, b, metric), hierarchical_bootstrap(a, b, metric), paired_images(a, b, metric)
+    t, needed = tost(a, b, metric=metric), seeds_needed(a, b, metric=metric)
     per_seed = per_seed_means(b, metric) - per_seed_means(a, metric)  # seed s against seed s (same data order)
     pts = lambda v: round(100 * v, 3)  # noqa: E731
     return {"a": label_a, "b": label_b, "seeds": f"{len(a)}/{len(b)}",
@@ -85,4 +125,6 @@ def compare(label_a, a, label_b, b, metric="dice"):
             "hier_boot_p": round(h["p"], 4), "per_seed_diffs": " ".join(f"{100 * x:+.2f}" for x in per_seed),
             "networks_paired_diff": pts(p["diff"]), "networks_ci95_lo": pts(p["ci95"][0]),
             "networks_ci95_hi": pts(p["ci95"][1]), "networks_sign_flip_p": round(p["p"], 4),
-            "verdict_seeds": verdict(w["ci95"], label_a, label_b)}
+            "tost_margin": pts(EQUIVALENCE_MARGIN), "tost_p": round(t["p"], 4), "tost_ci90_lo": pts(t["ci90"][0]),
+            "tost_ci90_hi": pts(t["ci90"][1]), "seeds_needed": needed,
+            "verdict_seeds": verdict(w["ci95"], label_a, label_b, t["p"], needed=needed)}

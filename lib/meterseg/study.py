@@ -207,11 +207,12 @@ def comparisons(results, profile, seeds):
 def comparisons_markdown(df):
     """The comparisons as a markdown table, in Dice points."""
     lines = ["| table | b - a | seeds | diff of seed means | Welch 95% CI | Welch p | hier. bootstrap 95% CI | per seed "
-             "| these networks, per image (CI, p) | verdict (seeds) |", "|" + "---|" * 10]
+             "| TOST +-0.5: 90% CI, p | these networks, per image (CI, p) | verdict (seeds) |", "|" + "---|" * 11]
     for r in df.to_dict("records"):
         lines.append(f"| {r['table']} | {r['b']} - {r['a']} | {r['seeds']} | {r['diff_of_seed_means']:+.2f} | "
                      f"[{r['welch_ci95_lo']:+.2f}, {r['welch_ci95_hi']:+.2f}] | {r['welch_p']:.3f} | "
                      f"[{r['hier_boot_ci95_lo']:+.2f}, {r['hier_boot_ci95_hi']:+.2f}] | {r['per_seed_diffs']} | "
+                     f"[{r['tost_ci90_lo']:+.2f}, {r['tost_ci90_hi']:+.2f}], {r['tost_p']:.3f} | "
                      f"{r['networks_paired_diff']:+.2f} [{r['networks_ci95_lo']:+.2f}, {r['networks_ci95_hi']:+.2f}], "
                      f"p {r['networks_sign_flip_p']:.4f} | {r['verdict_seeds']} |")
     return "\n".join(lines) + "\n"
