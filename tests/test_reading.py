@@ -104,7 +104,7 @@ class ScriptedReader:
 def test_read_quad_votes_by_summed_confidence_by_hand():
     img = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
     quad = np.array([(40, 50), (240, 50), (240, 90), (40, 90)], float)
-    # 12345: 0.6 + 0.5 = 1.1 beats 12349: 0.9 alone; a 4-digit read does not vote
+    # the quad's own read has 4 digits, so the jittered ones decide: 12345 (0.6 + 0.5 = 1.1) beats 12349 (0.9)
     r = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
     won = pipeline.read_quad(r, img, quad, votes=4, jitter=3.0)
     assert won.digits == "12345" and won.confidence == pytest.approx(0.55) and won.agreement == 0.5
@@ -114,6 +114,9 @@ def test_read_quad_votes_by_summed_confidence_by_hand():
     again = ScriptedReader([("1234", 0.99), ("12345", 0.6), ("12349", 0.9), ("12345", 0.5)])
     pipeline.read_quad(again, img, quad, votes=4, jitter=3.0)
     assert all(np.array_equal(a, b) for a, b in zip(r.strips, again.strips))  # same jitters every time
+    # the quad's own 5-digit read is the reading, however the jittered ones vote; they give its agreement
+    own = pipeline.read_quad(ScriptedReader([("54321", 0.5), ("12345", 0.9), ("12345", 0.9)]), img, quad, votes=3)
+    assert own.digits == "54321" and own.agreement == pytest.approx(1 / 3) and own.digit_confidence == (0.5,) * 5
     # no read of DIGITS digits: the quad's own read, as it came
     assert pipeline.read_quad(ScriptedReader([("12", 0.3), ("123", 0.9)]), img, quad, votes=2)[:2] == ("12", 0.3)
     assert pipeline.read_quad(ScriptedReader([("54321", 0.7)]), img, quad, votes=1)[:2] == ("54321", 0.7)
@@ -169,8 +172,8 @@ def test_compress_read_adds_the_reading_columns(tmp_path, smoke_run, reader):
 
 
 class NinthReader:
-    """A stand-in recogniser: every ninth read (the first of each photo's vote) says 00000 at 0.9,
-    the others 11111 at 0.5, so one read and a vote of 9 give different readings. It accepts any."""
+    """A stand-in recogniser: every ninth read (the quad's own, the first of each photo's vote) says 0000
+    at 0.9, the others 11111 at 0.5, so one read and a vote of 9 give different readings. It accepts any."""
 
     accept = AcceptRule()
 
@@ -179,8 +182,8 @@ class NinthReader:
 
     def read(self, image):
         self.calls += 1
-        digits, conf = ("00000", 0.9) if self.calls % 9 == 1 else ("11111", 0.5)
-        return recognisers.Read(digits, conf, (conf,) * 5, (0.0,) * 5)
+        digits, conf = ("0000", 0.9) if self.calls % 9 == 1 else ("11111", 0.5)
+        return recognisers.Read(digits, conf, (conf,) * len(digits), (0.0,) * len(digits))
 
 
 def test_compress_read_reads_as_read_does(tmp_path, smoke_run, synthetic):

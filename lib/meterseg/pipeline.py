@@ -31,7 +31,7 @@ FORMATS = ("lossless", "jpeg", "webp", "png")
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "webp": (".webp",), "png": (".png",)}  # first: the one appended
 MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
 REFINE_MARGIN = 1.0  # second pass on the region's box grown by this; chosen on validation (README, Protocol)
-VOTES = 9  # reads of a predicted quad: itself and 8 copies with jittered corners; chosen on validation
+VOTES = 9  # reads of a predicted quad: itself and 8 copies with jittered corners (README, Protocol)
 VOTE_JITTER_PX = 4.0  # their corners' Gaussian jitter (sd, photo pixels); chosen on validation
 
 
@@ -145,11 +145,12 @@ def quad(segmenter, photo):
 
 
 def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0):
-    """The Read of the quad of an RGB uint8 image, voted over `votes` reads of its strip: the quad itself
-    and copies whose corners are moved by N(0, jitter) px, since predicted corners are off by a few
-    pixels. The DIGITS-digit reading with the highest summed confidence wins; its digit confidences and
-    half-turn probabilities are the means over the reads that gave it, its agreement their share of
-    the votes. When no read has DIGITS digits, the quad's own read is returned."""
+    """The Read of the quad of an RGB uint8 image: the quad's own strip read, checked by `votes` - 1 more
+    reads of strips whose corners are moved by N(0, jitter) px (predicted corners are off by a few
+    pixels). The reading is the quad's own when it has DIGITS digits (one read beat the vote's winner
+    on validation with our CRNN; README, Protocol), else the DIGITS-digit reading of the jittered reads
+    with the highest summed confidence, else the quad's own as it came. Its agreement is the share of
+    all reads that gave it; its digit confidences and half-turn probabilities the means over those."""
     corners = np.asarray(corners, dtype=np.float64)
     rng = np.random.default_rng(seed)
     reads = [reader.read(rectify(image, q)) for q in [corners] + [corners + rng.normal(0, jitter, corners.shape)
@@ -160,7 +161,7 @@ def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0
             tally.setdefault(r.digits, []).append(r)
     if not tally:
         return reads[0]._replace(agreement=0.0)
-    won = tally[max(tally, key=lambda d: sum(r.confidence for r in tally[d]))]
+    won = tally.get(reads[0].digits) or tally[max(tally, key=lambda d: sum(r.confidence for r in tally[d]))]
     mean = lambda rows: tuple(round(float(v), 4) for v in np.mean(rows, axis=0)) if rows[0] else ()  # noqa: E731
     return Read(won[0].digits, float(np.mean([r.confidence for r in won])), mean([r.digit_confidence for r in won]),
                 mean([r.half_turn for r in won]), len(won) / len(reads))

@@ -89,7 +89,8 @@ def digits_html(row):
         c = float(confs[i]) if i < len(confs) else None
         cls = "low" if c is not None and c < 0.9 else ""
         cls += " half" if i + 1 in half else ""
-        cells.append(f'<span class="d {cls.strip()}" title="wheel {i + 1}">{html.escape(d)}'
+        title = f"wheel {i + 1}" + (" (half-turned)" if i + 1 in half else "")
+        cells.append(f'<span class="d {cls.strip()}" title="{title}">{html.escape(d)}'
                      f'<small>{"" if c is None else f"{c:.2f}"}</small></span>')
     return "".join(cells)
 
@@ -108,23 +109,21 @@ tr.done {{ background: #eaf7ea; }}
 .name {{ max-width: 16em; overflow-wrap: anywhere; font-family: monospace; }}
 .d {{ display: inline-block; width: 1.5em; text-align: center; font: bold 22px monospace; }}
 .d small {{ display: block; font: 10px sans-serif; color: #666; }}
-.d.low {{ color: #c00; }} .d.half {{ text-decoration: underline wavy #c60; }}
-.strip {{ height: 48px; }} .crop {{ max-height: 140px; max-width: 260px; }}
+.d.low {{ color: #c00; }} .d.half {{ background: #ffd9a0; border-radius: 3px; }}
+.strip {{ height: 64px; }} .crop {{ max-height: 140px; max-width: 260px; }}
 input {{ font: 20px monospace; width: 6em; }} input:invalid {{ background: #fdd; }}
 .status {{ font-weight: bold; }} .none {{ color: #999; }}
-h2 {{ font-size: 16px; margin: 1.2em 0 .3em; }}
+th.part {{ font-size: 16px; padding-top: 1.2em; background: #fff; }}
 </style></head><body>
 <header><b>{title}</b>: {n_person} of {n_rows} rows need a person (first), then the rest.
-Type the right 5 digits where a reading is wrong, then
+Type the right 5 digits where a reading is wrong (the same digits confirm a doubtful one), then
 <button id="download">download corrections (<span id="count">0</span>)</button>
 and run <code>meterseg review --apply corrections.csv {table_name} --out final.csv</code>.</header>
-<h2>Need a person</h2>
-<table><tr><th>#</th><th>photo</th><th>status</th><th>reading (digit confidence)</th><th>half-turned</th>
+<table><tr><th>#</th><th>photo</th><th>status</th><th>reading (digit confidence)</th><th>half-turned wheels</th>
 <th>strip</th><th>crop</th><th>right reading</th></tr>
-{person_rows}</table>
-<h2>The rest</h2>
-<table><tr><th>#</th><th>photo</th><th>status</th><th>reading (digit confidence)</th><th>half-turned</th>
-<th>strip</th><th>crop</th><th>right reading</th></tr>
+<tr><th class="part" colspan="8">Need a person ({n_person})</th></tr>
+{person_rows}
+<tr><th class="part" colspan="8">The rest ({n_rest})</th></tr>
 {other_rows}</table>
 <script>
 const inputs = Array.from(document.querySelectorAll("input.fix"));
@@ -174,7 +173,7 @@ def write_page(table, out, photos=None):
     person = [r for r in rows if needs_a_person(r)]
     other = [r for r in rows if not needs_a_person(r)]
     text = PAGE.format(title=html.escape(Path(table).name), table_name=html.escape(Path(table).name),
-                       n_person=len(person), n_rows=len(rows),
+                       n_person=len(person), n_rows=len(rows), n_rest=len(other),
                        person_rows="\n".join(row_html(k + 1, r, root, manifest) for k, r in enumerate(person)),
                        other_rows="\n".join(row_html(len(person) + k + 1, r, root, manifest) for k, r in enumerate(other)))
     _write_new(out, text.encode("utf-8"))
