@@ -105,7 +105,9 @@ def read_card(folder):
         raise CheckpointError(f"{path}: missing: {folder} is not a folder written by `meterseg export`")
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-        return int(card["input"]["size"]), CropRule(**{k: float(card["crop"][k]) for k in asdict(CropRule())})
+        crop = card["crop"]
+        float(crop["margin"])  # required; an export from before issue 20 has no probability or min_confidence
+        return int(card["input"]["size"]), CropRule(**{k: float(crop[k]) for k in asdict(CropRule()) if k in crop})
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a valid model card ({type(e).__name__}: {e})") from None
 
