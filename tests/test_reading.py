@@ -256,10 +256,12 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     own = ownreader.OwnReader(ownreader.CRNN())
     history = pd.DataFrame([(1, 2.0, 0.5), (2, 1.0, 0.75)], columns=["epoch", "ctc_loss", "val_exact"])
     rule = AcceptRule(0.93, 7 / 9, 0.2, True)
+    table = pd.DataFrame([{"chosen": True, "ok": 300, "coverage": 0.5, "wrong": 3, "upper_error": 0.0213}])
     for _ in range(2):  # a rerun of notebook 06 replaces the reader, it does not pile up
-        reading_eval.ship_reader(ck, own, history, rule)
+        reading_eval.ship_reader(ck, own, history, rule, table)
     text = (tmp_path / "README.md").read_text()
     assert text.count("## The reader") == 1 and "epoch 2" in text and "75.0 %" in text and "min_digit_confidence=0.93" in text
+    assert "300 of 600 (50.0 %) with 3 wrong" in text and "no rule tried met the target" in text
     back = load_reader(ck)
     assert isinstance(back, ownreader.OwnReader) and back.accept == rule
     strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)

@@ -187,7 +187,7 @@ def ship_crop_rule(checkpoint, rule, table):
         f"grown by {rule.margin} x its longer side (unless `--margin` says otherwise): {SAFETY:g} x the largest margin a "
         f"validation photo needed ({chosen['largest_needed']:.4f}). A photo whose region confidence is under "
         f"{rule.min_confidence} (the lowest on validation) is stored whole, status `uncertain` (notebook 05, "
-        "results/tables/05_val_needed_margins.csv).\n")
+        "results/tables/05_val_needed_margins.csv).\n", replaces=("The crop margin",))
 
 
 def _at(crops, rule):

@@ -106,7 +106,8 @@ table {{ border-collapse: collapse; width: 100%; }}
 td, th {{ border-bottom: 1px solid #ddd; padding: .4em; vertical-align: middle; text-align: left; }}
 tr.person {{ background: #fff8e6; }}
 tr.done {{ background: #eaf7ea; }}
-.name {{ max-width: 16em; overflow-wrap: anywhere; font-family: monospace; }}
+.name {{ max-width: 14em; overflow-wrap: anywhere; font-family: monospace; }}
+td.digits {{ white-space: nowrap; }}
 .d {{ display: inline-block; width: 1.5em; text-align: center; font: bold 22px monospace; }}
 .d small {{ display: block; font: 10px sans-serif; color: #666; }}
 .d.low {{ color: #c00; }} .d.half {{ background: #ffd9a0; border-radius: 3px; }}
@@ -157,7 +158,7 @@ def row_html(k, row, root, manifest):
     esc = html.escape
     img = lambda uri, cls: f'<img class="{cls}" src="{uri}" alt="">' if uri else '<span class="none">none</span>'  # noqa: E731
     return (f'<tr class="{"person" if needs_a_person(row) else ""}"><td>{k}</td><td class="name">{esc(row["source"])}</td>'
-            f'<td class="status">{esc(status)}</td><td>{digits_html(row)}</td><td>{esc(row.get("half_turned") or "")}</td>'
+            f'<td class="status">{esc(status)}</td><td class="digits">{digits_html(row)}</td><td>{esc(row.get("half_turned") or "")}</td>'
             f'<td>{img(strip, "strip")}</td><td>{img(crop, "crop")}</td>'
             f'<td><input class="fix" data-source="{esc(row["source"], quote=True)}" pattern="[0-9]{{{DIGITS}}}" '
             f'maxlength="{DIGITS}" inputmode="numeric" placeholder="{esc(row.get("reading") or "", quote=True)}"></td></tr>')
