@@ -84,3 +84,24 @@ def test_a_lower_box_probability_grows_the_box_and_an_unsure_region_is_stored_wh
 
     out, row = pipeline.compress_row(ToolStub, photo, {})
     assert out == data and row["status"] == "uncertain" and row["method"] == "copy"
+
+
+def test_a_stalled_fold_crnn_is_trained_again_with_the_next_seed(monkeypatch, synthetic):
+    """out_of_fold_reads: a fold CRNN whose best validation exact is under FAILED_FOLD is replaced (next seed),
+    the retry is listed, and every train photo is read once, by its own fold's CRNN."""
+    from meterseg.config import make_config
+    trained = []
+
+    def fake_train(cfg, predictor, photos, labels, seed=0, **kw):
+        trained.append(seed)
+        return f"reader-{seed}", pd.DataFrame({"val_exact": [0.2 if seed == 1 else 0.9]})  # seed 1 stalls
+
+    def fake_reads(predictor, reader, photos, labels):
+        return pd.DataFrame({"image": [str(p) for p in photos], "reader": reader})
+
+    monkeypatch.setattr(reading_eval, "train_own_reader", fake_train)
+    monkeypatch.setattr(reading_eval, "tool_reads", fake_reads)
+    reads, crnns = reading_eval.out_of_fold_reads(make_config("smoke", data=str(synthetic)), None, folds=3)
+    assert trained == [0, 1, 4, 2]  # fold 1 again with seed 1 + 3
+    assert crnns[["fold", "seed", "used"]].values.tolist() == [[0, 0, True], [1, 1, False], [1, 4, True], [2, 2, True]]
+    assert reads["image"].is_unique and set(reads.loc[reads["fold"] == 1, "reader"]) == {"reader-4"}
