@@ -214,7 +214,7 @@ def choose_accept_rule(reads, target=TARGET_ERROR, half_turned=0.5):
                 ok = five & (c >= floor) & (reads["agreement"] >= a - 1e-9) & ~(half & rh)
                 n, wrong = int(ok.sum()), int((ok & ~reads["exact_billing"]).sum())
                 rows.append({"min_digit_confidence": floor, "min_agreement": round(a, 4), "review_half_turned": rh,
-                             "coverage": n / len(reads), "ok": n, "wrong": wrong, "upper_error": upper_error(wrong, n)})
+                             "photos": len(reads), "coverage": n / len(reads), "ok": n, "wrong": wrong, "upper_error": upper_error(wrong, n)})
     table = pd.DataFrame(rows)
     fit = table[table["upper_error"] <= target]
     best = (fit.sort_values(["coverage", "min_digit_confidence"], ascending=[False, True]) if len(fit)
@@ -275,7 +275,7 @@ def ship_reader(checkpoint, own, history, accept, rule_table):
         f"exact readings of the validation split's predicted quads ({100 * best['val_exact']:.1f} %). A reading is `ok` "
         f"when {accept} holds, else `review`. It was chosen on out-of-fold reads of the train split for at most "
         f"{100 * TARGET_ERROR:g} % wrong among `ok` (one-sided 95 % bound): there it accepts {int(chosen['ok'])} of "
-        f"{int(round(chosen['ok'] / chosen['coverage']))} ({100 * chosen['coverage']:.1f} %) with {int(chosen['wrong'])} wrong, "
+        f"{int(chosen['photos'])} ({100 * chosen['coverage']:.1f} %) with {int(chosen['wrong'])} wrong, "
         + (f"bound {100 * chosen['upper_error']:.2f} %." if met else f"bound {100 * chosen['upper_error']:.2f} %: **no rule "
            "tried met the target**, so this is the one with the lowest bound.")
         + " Validation and test figures: notebook 06, results/tables/06_*.\n\n"
