@@ -28,6 +28,21 @@ def test_train_all_in_worker_processes_then_reused(tmp_path, monkeypatch, synthe
     assert again == first
 
 
+def test_length_check_trains_each_length_as_its_own_run_and_stops_at_the_first_converged(tmp_path, monkeypatch, synthetic):
+    monkeypatch.setattr(study, "LENGTH_ROWS", {"AttU": dict(max_photos=8), "U-Net": dict(model="unet", max_photos=8)})
+    length, table = study.length_check(tmp_path, "smoke", seeds=(0,), lengths=(1, 2, 3), gain=1.0, data=str(synthetic), jobs=1)
+    assert length == 1  # any gain is under 1.0 Dice: the first length converges, and length 3 is never trained
+    names = sorted(p.name for p in study.runs_dir(tmp_path, "smoke").iterdir())
+    assert names == ["attunet-g12-combo-s0-e1", "attunet-g12-combo-s0-e2", "unet-nogate-combo-s0-e1", "unet-nogate-combo-s0-e2"]
+    summaries = {n: json.loads((study.runs_dir(tmp_path, "smoke") / n / "summary.json").read_text()) for n in names}
+    row = table[(table["model"] == "U-Net") & (table["epochs"] == 1)].iloc[0]
+    by_hand = summaries["unet-nogate-combo-s0-e2"]["best_val_dice"] - summaries["unet-nogate-combo-s0-e1"]["best_val_dice"]
+    assert abs(row["gain_to_next_length"] - by_hand) < 1e-12
+    assert table[table["epochs"] == 2]["gain_to_next_length"].isna().all()
+    length, table = study.length_check(tmp_path, "smoke", seeds=(0,), lengths=(1, 2), gain=-1.0, data=str(synthetic), jobs=1)
+    assert length is None and len(table) == 4  # nothing gains less than -1: no length converged, and none retrained
+
+
 def test_one_rule_for_the_results_folder(monkeypatch, tmp_path):
     from meterseg.config import REPO, results_dir
     monkeypatch.delenv("METERSEG_RESULTS", raising=False)

@@ -152,7 +152,9 @@ def cmd_fetch(a):
 
 
 def cmd_study(a):
-    from .study import run_notebooks
+    from .study import run_notebooks, write_length_check
+    if a.length_check:
+        return 0 if write_length_check(a.profile, a.results, a.data, a.jobs)[0] else 1
     names = a.notebooks or sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
     run_notebooks(names, a.profile, a.results, a.data, a.seeds, a.jobs)
     return 0
@@ -224,6 +226,8 @@ def build_parser():
     st.add_argument("--data", default="")
     st.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every table row")
     st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
+    st.add_argument("--length-check", action="store_true", help="only train the runs that decide the converged "
+                    "length (README, Protocol) and write tables/length_check.csv")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)
 

@@ -91,7 +91,12 @@ def _train_in_worker(threads, results, profile, seed, data, fields):
 
 
 def train_all(results, profile, seeds, data="", jobs=None):
-    """Train (or reuse) every run of the study, `jobs` at a time, before the notebooks read them.
+    """Train (or reuse) every run of the study, `jobs` at a time, before the notebooks read them."""
+    return train_runs(results, profile, study_runs(profile, seeds), data, jobs, "train_all")
+
+
+def train_runs(results, profile, specs, data="", jobs=None, name="train_all"):
+    """Train (or reuse) the runs (seed, fields) of `specs`, `jobs` at a time, recorded as `name`.
 
     Each job is a process with cpu_count // jobs threads. On a 2-core CPU two one-thread runs
     side by side train ~1.3x the images/s of one two-thread run (small convolutions scale
@@ -100,7 +105,6 @@ def train_all(results, profile, seeds, data="", jobs=None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import torch
-    specs = study_runs(profile, seeds)
     jobs = jobs or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
     existing = sum((run_dir(results, row_config(profile, s, **f)) / "summary.json").exists() for s, f in specs)
     t0 = time.time()
@@ -119,9 +123,46 @@ def train_all(results, profile, seeds, data="", jobs=None):
                 print(f"[study] {s['run']}: test dice {s['test']['dice']:.4f}, {s['train_seconds']:.0f} s training",
                       flush=True)
     # a rerun that only reuses finished runs keeps the record of the call that trained them
-    record(results, "train_all" if existing < len(specs) else "train_all_reused", profile, time.time() - t0,
+    record(results, name if existing < len(specs) else f"{name}_reused", profile, time.time() - t0,
            runs=len(specs), trained=len(specs) - existing, jobs=jobs)
     return summaries
+
+
+# The converged length (issue 21; README, Protocol, written before these runs): each length is a run of its own,
+# its cosine schedule decaying to 0 at that length, so a decayed learning rate cannot pass the rule by itself.
+LENGTHS = (10, 20, 30, 40)
+CONVERGED_GAIN = 0.002  # converged: the run 10 epochs longer gains less best validation Dice than this, seed mean
+LENGTH_ROWS = {"AttU": dict(), "U-Net": dict(model="unet")}
+
+
+def length_check(results, profile, seeds=(0, 1), lengths=LENGTHS, gain=CONVERGED_GAIN, data="", jobs=None):
+    """The shortest length after which the next length gains less than `gain` best validation Dice (mean
+    over `seeds`) for both LENGTH_ROWS; lengths are trained two at a time and no further than needed.
+    (length or None when no length tried converged, one row per model and length)."""
+    for i, length in enumerate(lengths[:-1]):
+        pair = lengths[i:i + 2]
+        specs = [(s, dict(f, epochs=n)) for n in pair for f in LENGTH_ROWS.values() for s in seeds]
+        train_runs(results, profile, specs, data, jobs, "length_check_runs")
+        rows = [{"model": m, "epochs": n, "seed": s,
+                 "best_val_dice": load_run(results, profile, s, **f, epochs=n)[0]["best_val_dice"]}
+                for m, f in LENGTH_ROWS.items() for n in lengths[:i + 2] for s in seeds]
+        table = pd.DataFrame(rows).groupby(["model", "epochs"], as_index=False)["best_val_dice"].mean()
+        table["gain_to_next_length"] = table.groupby("model")["best_val_dice"].transform(lambda v: v.shift(-1) - v)
+        if (table[table["epochs"] == length]["gain_to_next_length"] < gain).all():
+            return length, table
+    return None, table
+
+
+def write_length_check(profile="", results="", data="", jobs=None):
+    """`meterseg study --length-check`: length_check into <results>/tables/length_check.csv, recorded."""
+    profile, results = results_dir(profile, results)
+    t0 = time.time()
+    length, table = length_check(results, profile, data=data, jobs=jobs)
+    (Path(results) / "tables").mkdir(parents=True, exist_ok=True)
+    table.assign(converged_length=length).to_csv(Path(results) / "tables" / "length_check.csv", index=False)
+    record(results, "length_check", profile, time.time() - t0, converged_length=length)
+    print(table.round(4).to_string(index=False), f"\nconverged length: {length} epochs", flush=True)
+    return length, table
 
 
 def ensure_table(results, table, profile, seeds, data=""):
