@@ -45,6 +45,16 @@ def test_same_seed_same_metrics(tmp_path):
     assert c["test"] != a["test"]
 
 
+def test_a_committed_run_without_its_network_is_trained_again(tmp_path):
+    """results/runs/ commits each run's summary but not best.pt: a fresh clone's study trains such a run again
+    (same config, same data, the same numbers), rather than reusing a record whose network is gone."""
+    out = tmp_path / "run"
+    first = train(tiny_config(epochs=2), out)
+    (out / "best.pt").unlink()
+    again = train(tiny_config(epochs=2), out)
+    assert (out / "best.pt").exists() and again["test"] == first["test"]
+
+
 def test_bf16_training_changes_the_numbers_not_the_result(tmp_path, monkeypatch):
     """Where the CPU has bf16 units, training runs under bf16 autocast: other losses to the digit than
     --no-bf16 (fp32), about the same Dice. Where it has none, it falls back to fp32: the same numbers as

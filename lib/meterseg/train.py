@@ -124,7 +124,7 @@ def train(cfg, out_dir, progress=None):
     """Train one run into out_dir and return its summary.
 
     A finished run with the same config and the same data (data.json: the dataset's content
-    fingerprint) is returned as is; an interrupted one resumes from last.pt (same epochs, same
+    fingerprint) is returned as is (one whose best.pt is missing, as in a fresh clone, is trained again); an interrupted one resumes from last.pt (same epochs, same
     batches, same result); another config or other data in out_dir is refused rather than
     overwritten or silently reused.
     """
@@ -144,8 +144,10 @@ def train(cfg, out_dir, progress=None):
         if stored.get("fingerprint") != data_id["fingerprint"]:
             raise ValueError(f"{out}: holds a run trained on other data (fingerprint {stored.get('fingerprint')}, "
                              f"now {data_id['fingerprint']} from {ds['root']}); use another results folder or remove it")
-        if (out / "summary.json").exists():
+        if (out / "summary.json").exists() and (out / "best.pt").exists():
             return json.loads((out / "summary.json").read_text())
+        if (out / "summary.json").exists():  # a clone of committed results: the record without its network
+            print(f"{out}: finished run without best.pt (not committed): trained again", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg_json)
     _write_json(out / "data.json", data_id)
