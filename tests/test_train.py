@@ -51,7 +51,9 @@ def test_a_committed_run_without_its_network_is_trained_again(tmp_path):
     out = tmp_path / "run"
     first = train(tiny_config(epochs=2), out)
     (out / "best.pt").unlink()
+    summary = (out / "summary.json").read_text()
     again = train(tiny_config(epochs=2), out)
+    assert json.loads(summary) == first  # the committed record was what the first call returned
     assert (out / "best.pt").exists() and again["test"] == first["test"]
 
 

@@ -124,9 +124,10 @@ def train(cfg, out_dir, progress=None):
     """Train one run into out_dir and return its summary.
 
     A finished run with the same config and the same data (data.json: the dataset's content
-    fingerprint) is returned as is (one whose best.pt is missing, as in a fresh clone, is trained again); an interrupted one resumes from last.pt (same epochs, same
-    batches, same result); another config or other data in out_dir is refused rather than
-    overwritten or silently reused.
+    fingerprint) is returned as is, unless its best.pt is missing (a fresh clone: git keeps the
+    summaries, not the networks), when it is trained again; an interrupted one resumes from last.pt
+    (same epochs, same batches, same result); another config or other data in out_dir is refused
+    rather than overwritten or silently reused.
     """
     out = Path(out_dir)
     cfg_dict = dataclasses.asdict(cfg)
@@ -148,6 +149,7 @@ def train(cfg, out_dir, progress=None):
             return json.loads((out / "summary.json").read_text())
         if (out / "summary.json").exists():  # a clone of committed results: the record without its network
             print(f"{out}: finished run without best.pt (not committed): trained again", flush=True)
+            (out / "summary.json").unlink()  # else a kill mid-run would leave it beside a half-trained best.pt
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg_json)
     _write_json(out / "data.json", data_id)
