@@ -35,7 +35,7 @@ def test_compress_benchmark_and_breakdown_run_on_the_sample(tmp_path, monkeypatc
     torch.set_num_threads(threads)  # profile_compress pins one thread
     out = capsys.readouterr().out
     assert "| onnxruntime fp32 | 1 |" in out and "| onnxruntime fp32 | 2 |" in out
-    from meterseg.train import cpu_has_bf16
+    from meterseg.predictor import cpu_has_bf16
     torch_backend = f"torch {'bf16' if cpu_has_bf16() else 'fp32'} cpu"  # bf16 where the CPU has the units (Predictor)
     assert "| model, batch 8 (onnxruntime fp32) |" in out and f"| model, batch 8 ({torch_backend}) |" in out
     assert "| lossless crop in process (pipeline.crop, turbojpeg) |" in out
