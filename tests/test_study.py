@@ -43,6 +43,18 @@ def test_length_check_trains_each_length_as_its_own_run_and_stops_at_the_first_c
     assert length is None and len(table) == 4  # nothing gains less than -1: no length converged, and none retrained
 
 
+def test_recipe_check_compares_a_cheaper_recipe_with_the_profiles_on_validation(tmp_path, monkeypatch, synthetic):
+    monkeypatch.setattr(study, "LENGTH_ROWS", {"AttU": dict(max_photos=8), "U-Net": dict(model="unet", max_photos=8)})
+    kw = dict(seeds=(0,), data=str(synthetic), jobs=1)
+    adopt, table = study.recipe_check(tmp_path, "smoke", {"lr": 0.01, "epochs": 2}, margin=1.0, **kw)
+    names = sorted(p.name for p in study.runs_dir(tmp_path, "smoke").iterdir())
+    assert names == ["attunet-g12-combo-s0", "attunet-g12-combo-s0-e2-lr0.01", "unet-nogate-combo-s0", "unet-nogate-combo-s0-e2-lr0.01"]
+    assert adopt and len(table) == 4  # within 1.0 Dice of anything
+    tried = json.loads((study.runs_dir(tmp_path, "smoke") / "unet-nogate-combo-s0-e2-lr0.01" / "summary.json").read_text())
+    assert table.set_index(["model", "recipe"]).loc[("U-Net", "tried"), "best_val_dice"] == tried["best_val_dice"]
+    assert not study.recipe_check(tmp_path, "smoke", {"lr": 0.01, "epochs": 2}, margin=-1.0, **kw)[0]  # nothing is 1.0 better
+
+
 def test_one_rule_for_the_results_folder(monkeypatch, tmp_path):
     from meterseg.config import REPO, results_dir
     monkeypatch.delenv("METERSEG_RESULTS", raising=False)

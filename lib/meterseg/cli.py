@@ -154,7 +154,12 @@ def cmd_fetch(a):
 def cmd_study(a):
     from .study import run_notebooks, write_length_check
     if a.length_check:
-        return 0 if write_length_check(a.profile, a.results, a.data, a.jobs)[0] else 1
+        pairs = [kv.split("=", 1) for kv in a.try_recipe.split(",")] if a.try_recipe else []
+        bad = [kv[0] for kv in pairs if len(kv) != 2 or kv[0] not in Config.__dataclass_fields__]
+        if bad:
+            raise ValueError(f"--try-recipe: not FIELD=VALUE of a config field: {bad}")
+        recipe = {k: type(getattr(Config(), k))(v) for k, v in pairs} or None
+        return 0 if write_length_check(a.profile, a.results, a.data, a.jobs, recipe)[0] else 1
     names = a.notebooks or sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
     run_notebooks(names, a.profile, a.results, a.data, a.seeds, a.jobs)
     return 0
@@ -228,6 +233,8 @@ def build_parser():
     st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
     st.add_argument("--length-check", action="store_true", help="only train the runs that decide the converged "
                     "length (README, Protocol) and write tables/length_check.csv")
+    st.add_argument("--try-recipe", metavar="FIELD=VALUE,...", help="with --length-check: instead, whether this cheaper "
+                    "recipe (e.g. lr=6e-3,epochs=20) keeps the profile's quality (README, Protocol); tables/recipe_check.csv")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)
 

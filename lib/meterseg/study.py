@@ -154,16 +154,40 @@ def length_check(results, profile, seeds=(0, 1), lengths=LENGTHS, gain=CONVERGED
     return None, table
 
 
-def write_length_check(profile="", results="", data="", jobs=None):
-    """`meterseg study --length-check`: length_check into <results>/tables/length_check.csv, recorded."""
+def recipe_check(results, profile, fields, seeds=(0, 1), margin=CONVERGED_GAIN, data="", jobs=None):
+    """Whether a cheaper recipe (the profile's with `fields` changed) keeps the profile's quality: for both
+    LENGTH_ROWS, its best validation Dice (mean over `seeds`) at least the profile recipe's minus `margin`.
+    Trains what is missing of both. (adopt, one row per model and recipe with its training seconds)."""
+    recipes = {"profile": {}, "tried": dict(fields)}
+    train_runs(results, profile, [(s, dict(f, **r)) for r in recipes.values() for f in LENGTH_ROWS.values() for s in seeds],
+               data, jobs, "recipe_check_runs")
+    rows = []
+    for m, f in LENGTH_ROWS.items():
+        for name, r in recipes.items():
+            runs = [load_run(results, profile, s, **f, **r)[0] for s in seeds]
+            rows.append({"model": m, "recipe": name, "fields": json.dumps(r), "best_val_dice": np.mean([x["best_val_dice"] for x in runs]),
+                         "train_seconds": np.mean([x["train_seconds"] for x in runs])})
+    table = pd.DataFrame(rows)
+    wide = table.pivot(index="model", columns="recipe", values="best_val_dice")
+    return bool((wide["tried"] >= wide["profile"] - margin).all()), table
+
+
+def write_length_check(profile="", results="", data="", jobs=None, recipe=None):
+    """`meterseg study --length-check [--try-recipe k=v,...]`: length_check (or recipe_check of the recipe given)
+    into <results>/tables/length_check.csv (recipe_check.csv), recorded."""
     profile, results = results_dir(profile, results)
     t0 = time.time()
-    length, table = length_check(results, profile, data=data, jobs=jobs)
+    if recipe:
+        passed, table = recipe_check(results, profile, recipe, data=data, jobs=jobs)
+        name, table, verdict = "recipe_check", table.assign(adopt=passed), f"adopt {recipe}: {passed}"
+    else:
+        passed, table = length_check(results, profile, data=data, jobs=jobs)
+        name, table, verdict = "length_check", table.assign(converged_length=passed), f"converged length: {passed} epochs"
     (Path(results) / "tables").mkdir(parents=True, exist_ok=True)
-    table.assign(converged_length=length).to_csv(Path(results) / "tables" / "length_check.csv", index=False)
-    record(results, "length_check", profile, time.time() - t0, converged_length=length)
-    print(table.round(4).to_string(index=False), f"\nconverged length: {length} epochs", flush=True)
-    return length, table
+    table.to_csv(Path(results) / "tables" / f"{name}.csv", index=False)
+    record(results, name, profile, time.time() - t0, outcome=verdict)
+    print(table.round(4).to_string(index=False), f"\n{verdict}", flush=True)
+    return passed, table
 
 
 def ensure_table(results, table, profile, seeds, data=""):

@@ -43,11 +43,13 @@ def native_bf16(cfg, device):
 
 
 def run_name(cfg):
-    """A readable directory name for a run: model, gates, loss, seed, and epochs where not the profile's."""
+    """A readable directory name for a run: model, gates, loss, seed, and epochs and peak lr where not the profile's."""
     gates = "g" + "".join(map(str, cfg.gates)) if cfg.gates else "nogate"
     loss = cfg.loss + (f"{cfg.loss_weight:g}" if cfg.loss == "combo" and cfg.loss_weight != PAPER_LOSS_WEIGHT else "")
-    epochs = "" if cfg.epochs == make_config(cfg.profile).epochs else f"-e{cfg.epochs}"
-    return f"{cfg.model}-{gates}-{loss}-s{cfg.seed}{epochs}"
+    profile = make_config(cfg.profile)
+    epochs = "" if cfg.epochs == profile.epochs else f"-e{cfg.epochs}"
+    lr = "" if cfg.lr == profile.lr else f"-lr{cfg.lr:g}"
+    return f"{cfg.model}-{gates}-{loss}-s{cfg.seed}{epochs}{lr}"
 
 
 def git_commit():
