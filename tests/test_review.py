@@ -64,6 +64,8 @@ def test_the_page_is_self_contained_escaped_and_puts_doubtful_rows_first(table, 
     shown = [html.unescape(s) for s in re.findall(r'data-source="([^"]*)"', page)]
     assert shown == [rows[i][0] for i in (1, 2, 3, 4, 0)]  # review, unreadable, no_region, error; then ok
     assert page.index("data-source=\"" + rows[0][0]) > page.index("The rest")
+    from meterseg.review import short_name  # a long path shows folder and name, the whole of it on hover
+    assert short_name("/srv/archive/site-a/2026/m.jpg") == "2026/m.jpg" and short_name("s3://b/p/m.jpg") == "p/m.jpg"
     with pytest.raises(DataError, match="already exists"):
         write_page(path, tmp_path / "review.html", photos=tmp_path)
 

@@ -157,7 +157,7 @@ def row_html(k, row, root, manifest):
     status = row.get("reading_status") or row["status"] if manifest else row["status"]
     esc = html.escape
     img = lambda uri, cls: f'<img class="{cls}" src="{uri}" alt="">' if uri else '<span class="none">none</span>'  # noqa: E731
-    return (f'<tr class="{"person" if needs_a_person(row) else ""}"><td>{k}</td><td class="name">{esc(row["source"])}</td>'
+    return (f'<tr class="{"person" if needs_a_person(row) else ""}"><td>{k}</td><td class="name" title="{esc(row["source"], quote=True)}">{esc(short_name(row["source"]))}</td>'
             f'<td class="status">{esc(status)}</td><td class="digits">{digits_html(row)}</td><td>{esc(row.get("half_turned") or "")}</td>'
             f'<td>{img(strip, "strip")}</td><td>{img(crop, "crop")}</td>'
             f'<td><input class="fix" data-source="{esc(row["source"], quote=True)}" pattern="[0-9]{{{DIGITS}}}" '
@@ -186,6 +186,11 @@ def _write_new(out, data):
         atomic_write(out, data, new=True)
     except FileExistsError:
         raise DataError(f"{out}: already exists; choose another --out (nothing is overwritten)") from None
+
+
+def short_name(source):
+    """A source as the page shows it: its folder and file name (the whole path is the cell's tooltip)."""
+    return "/".join(source.rstrip("/").split("/")[-2:])
 
 
 def read_corrections(path, sources):
