@@ -153,7 +153,7 @@ def cmd_fetch(a):
 
 def cmd_study(a):
     from .study import run_notebooks, write_length_check
-    if a.length_check:
+    if a.length_check or a.try_recipe:
         pairs = [kv.split("=", 1) for kv in a.try_recipe.split(",")] if a.try_recipe else []
         bad = [kv[0] for kv in pairs if len(kv) != 2 or kv[0] not in Config.__dataclass_fields__]
         if bad:
@@ -233,7 +233,7 @@ def build_parser():
     st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
     st.add_argument("--length-check", action="store_true", help="only train the runs that decide the converged "
                     "length (README, Protocol) and write tables/length_check.csv")
-    st.add_argument("--try-recipe", metavar="FIELD=VALUE,...", help="with --length-check: instead, whether this cheaper "
+    st.add_argument("--try-recipe", metavar="FIELD=VALUE,...", help="instead of the length check, whether this cheaper "
                     "recipe (e.g. lr=6e-3,epochs=20) keeps the profile's quality (README, Protocol); tables/recipe_check.csv")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)
