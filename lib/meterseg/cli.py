@@ -152,14 +152,14 @@ def cmd_fetch(a):
 
 
 def cmd_study(a):
-    from .study import run_notebooks, write_length_check
+    from .study import run_notebooks, write_check
     if a.length_check or a.try_recipe:
         pairs = [kv.split("=", 1) for kv in a.try_recipe.split(",")] if a.try_recipe else []
         bad = [kv[0] for kv in pairs if len(kv) != 2 or kv[0] not in Config.__dataclass_fields__]
         if bad:
             raise ValueError(f"--try-recipe: not FIELD=VALUE of a config field: {bad}")
         recipe = {k: type(getattr(Config(), k))(v) for k, v in pairs} or None
-        return 0 if write_length_check(a.profile, a.results, a.data, a.jobs, recipe)[0] else 1
+        return 0 if write_check(a.profile, a.results, a.data, a.jobs, recipe)[0] else 1
     names = a.notebooks or sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
     run_notebooks(names, a.profile, a.results, a.data, a.seeds, a.jobs)
     return 0

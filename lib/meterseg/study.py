@@ -12,7 +12,7 @@ from .config import PAPER_LOSS_WEIGHT, QUALITY_THRESHOLDS, REPO, make_config, re
 from .dataset import prepare_data, split_pairs
 from . import stats
 from .metrics import METRICS
-from .train import git_commit, run_name, train
+from .train import finished, git_commit, run_name, train
 
 W = f"{PAPER_LOSS_WEIGHT:g}"
 
@@ -106,8 +106,7 @@ def train_runs(results, profile, specs, data="", jobs=None, name="train_all"):
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import torch
     jobs = jobs or (1 if torch.cuda.is_available() else os.cpu_count() or 1)
-    existing = sum(all((run_dir(results, row_config(profile, s, **f)) / n).exists() for n in ("summary.json", "best.pt"))
-                   for s, f in specs)  # what train reuses
+    existing = sum(finished(run_dir(results, row_config(profile, s, **f))) for s, f in specs)
     t0 = time.time()
     if jobs == 1:
         summaries = [ensure_run(results, profile, s, data, **f) for s, f in specs]
@@ -172,7 +171,7 @@ def recipe_check(results, profile, fields, seeds=(0, 1), margin=CONVERGED_GAIN, 
     return bool((wide["tried"] >= wide["profile"] - margin).all()), table
 
 
-def write_length_check(profile="", results="", data="", jobs=None, recipe=None):
+def write_check(profile="", results="", data="", jobs=None, recipe=None):
     """`meterseg study --length-check [--try-recipe k=v,...]`: length_check (or recipe_check of the recipe given)
     into <results>/tables/length_check.csv (recipe_check.csv), recorded."""
     profile, results = results_dir(profile, results)

@@ -122,6 +122,11 @@ def _write_json(path, obj):
     atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def finished(out_dir):
+    """Whether a run directory holds a finished run that train reuses: its summary and its network."""
+    return all((Path(out_dir) / n).exists() for n in ("summary.json", "best.pt"))
+
+
 def train(cfg, out_dir, progress=None):
     """Train one run into out_dir and return its summary.
 
@@ -147,7 +152,7 @@ def train(cfg, out_dir, progress=None):
         if stored.get("fingerprint") != data_id["fingerprint"]:
             raise ValueError(f"{out}: holds a run trained on other data (fingerprint {stored.get('fingerprint')}, "
                              f"now {data_id['fingerprint']} from {ds['root']}); use another results folder or remove it")
-        if (out / "summary.json").exists() and (out / "best.pt").exists():
+        if finished(out):
             return json.loads((out / "summary.json").read_text())
         if (out / "summary.json").exists():  # a clone of committed results: the record without its network
             print(f"{out}: finished run without best.pt (not committed): trained again", flush=True)
