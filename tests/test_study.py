@@ -136,3 +136,27 @@ def test_committed_results_carry_no_absolute_path():
     leaks = {p.relative_to(REPO).as_posix(): found for p in texts
              if (found := [x for x in (str(REPO), "/work/", "/home/", "/tmp/", "/Users/") if x in p.read_text(encoding="utf-8")])}
     assert leaks == {}
+
+
+def test_seed_table_against_statistics_and_the_length_check_footnote(tmp_path):
+    import statistics
+    import pandas as pd
+    dice = [0.941, 0.952, 0.948]
+    runs = {"AttU": [{"best_epoch": e, "test": {m: d + 0.01 * i for i, m in enumerate(study.METRICS)}}
+                     for e, d in zip((40, 31, 38), dice)]}
+    row = study.seed_table(runs).iloc[0]
+    assert abs(row["dice_mean"] - 100 * statistics.mean(dice)) < 1e-9
+    assert abs(row["dice_sd"] - 100 * statistics.stdev(dice)) < 1e-9  # ddof=1
+    assert row["best_epochs"] == "31-40" and abs(row["lowest_dice"] - 94.1) < 1e-9
+    assert study.length_note(tmp_path) == ""  # no check run: no footnote
+    (tmp_path / "tables").mkdir()
+    check = pd.DataFrame({"model": ["AttU"] * 3 + ["U-Net"] * 3, "epochs": [10, 20, 30] * 2,
+                          "best_val_dice": [0.95, 0.955, 0.956, 0.94, 0.95, 0.9535],
+                          "gain_to_next_length": [0.005, 0.001, None, 0.01, 0.0035, None]})
+    check.assign(converged_length=None).to_csv(tmp_path / "tables" / "length_check.csv", index=False)
+    note = study.length_note(tmp_path)
+    assert "U-Net 10->20 +0.0100, 20->30 +0.0035" in note and "longest length tried, 30 epochs" in note
+    check.assign(converged_length=[20] + [None] * 5).to_csv(tmp_path / "tables" / "length_check.csv", index=False)
+    assert "converged at 20 epochs" in study.length_note(tmp_path)
+    md = study.write_table(study.seed_table(runs), "t", tmp_path, title="T").read_text()
+    assert "| AttU | 3 | 31-40 |" in md and md.rstrip().endswith("converged at 20 epochs.")

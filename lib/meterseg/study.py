@@ -133,9 +133,10 @@ def train_runs(results, profile, specs, data="", jobs=None, name="train_all"):
 LENGTHS = (10, 20, 30, 40)
 CONVERGED_GAIN = 0.002  # converged: the run 10 epochs longer gains less best validation Dice than this, seed mean
 LENGTH_ROWS = {"AttU": dict(), "U-Net": dict(model="unet")}
+LENGTH_SEEDS = (0, 1)
 
 
-def length_check(results, profile, seeds=(0, 1), lengths=LENGTHS, gain=CONVERGED_GAIN, data="", jobs=None):
+def length_check(results, profile, seeds=LENGTH_SEEDS, lengths=LENGTHS, gain=CONVERGED_GAIN, data="", jobs=None):
     """The shortest length after which the next length gains less than `gain` best validation Dice (mean
     over `seeds`) for both LENGTH_ROWS; lengths are trained two at a time and no further than needed.
     (length or None when no length tried converged, one row per model and length)."""
@@ -210,14 +211,14 @@ def load_run(results, profile, seed, **fields):
 def seed_table(runs):
     """Mean and SD (ddof=1) across seeds of each run's mean test metric, in %: one row per label.
 
-    `flattened` counts the seeds whose validation Dice had stopped moving (config.FLAT_TOLERANCE);
-    `lowest_dice` is the worst seed's test Dice.
+    `best_epochs` is the range of the seeds' best-validation epochs; `lowest_dice` the worst seed's test
+    Dice. Whether the rows' length has converged is the length check's to say (length_note), not the runs'.
     """
     rows = []
     for label, summaries in runs.items():
         v = {m: np.array([s["test"][m] for s in summaries]) * 100 for m in METRICS}
-        row = {"model": label, "seeds": len(summaries),
-               "flattened": f"{sum(bool(s.get('val_flattened')) for s in summaries)}/{len(summaries)}",
+        best = sorted(s["best_epoch"] for s in summaries)
+        row = {"model": label, "seeds": len(summaries), "best_epochs": f"{best[0]}-{best[-1]}" if best[0] != best[-1] else f"{best[0]}",
                "lowest_dice": float(v["dice"].min())}
         for m in METRICS:
             row[m + "_mean"] = v[m].mean()
@@ -228,23 +229,40 @@ def seed_table(runs):
 
 def markdown_table(df, paper=None, title=""):
     """The paper's column order, 'mean±sd' in %, with the paper's row beside ours."""
-    head = ("| Model | seeds | flattened | Dice% | Jaccard% | Precision% | Recall% | Acc% | lowest seed Dice% |"
+    head = ("| Model | seeds | best epoch | Dice% | Jaccard% | Precision% | Recall% | Acc% | lowest seed Dice% |"
             + (" paper (Dice Jac Prec Rec Acc) |" if paper else ""))
     lines = [f"**{title}**", "", head, "|" + "---|" * (head.count("|") - 1)]
     for r in df.to_dict("records"):
         cells = [f"{r[m + '_mean']:.2f}±{r[m + '_sd']:.2f}" for m in METRICS]
         tail = f" {paper.get(r['model'], '')} |" if paper else ""
-        flag = "" if r["flattened"].split("/")[0] == r["flattened"].split("/")[1] else " (not all flat)"
-        lines.append(f"| {r['model']} | {r['seeds']} | {r['flattened']}{flag} | " + " | ".join(cells)
+        lines.append(f"| {r['model']} | {r['seeds']} | {r['best_epochs']} | " + " | ".join(cells)
                      + f" | {r['lowest_dice']:.2f} |" + tail)
     return "\n".join(lines) + "\n"
 
 
+def length_note(results):
+    """The length check's verdict (tables/length_check.csv) as the tables' footnote; '' where it was not run.
+    A run's own curve cannot say it converged (its cosine brings the learning rate to 0 whatever it learnt)."""
+    path = Path(results) / "tables" / "length_check.csv"
+    if not path.exists():
+        return ""
+    t = pd.read_csv(path)
+    gains = "; ".join(f"{m} " + ", ".join(f"{a}->{b} {g:+.4f}" for a, b, g in zip(d["epochs"], d["epochs"][1:], d["gain_to_next_length"]))
+                      for m, d in ((m, d.reset_index(drop=True)) for m, d in t.groupby("model", sort=False)))
+    length = t["converged_length"].dropna()
+    verdict = (f"converged at {int(length.iloc[0])} epochs" if len(length) else
+               f"no length tried met the rule (gain < {CONVERGED_GAIN} for both models), so the rows train the longest "
+               f"length tried, {t['epochs'].max()} epochs, and may still gain a little")
+    return (f"Length (README, Protocol): independent runs at each length, best validation Dice, mean of seeds "
+            f"{sorted(set(LENGTH_SEEDS))}: {gains}. The length check: {verdict}.")
+
+
 def write_table(df, name, results, paper=None, title="", note=""):
-    """results/tables/<name>.csv and .md."""
+    """results/tables/<name>.csv and .md (its footnote: note, then the length check's verdict)."""
     out = Path(results) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / f"{name}.csv", index=False, float_format="%.4f")
+    note = " ".join(n for n in (note, length_note(results)) if n)
     (out / f"{name}.md").write_text(markdown_table(df, paper, title) + (f"\n{note}\n" if note else ""))
     return out / f"{name}.md"
 
@@ -297,11 +315,11 @@ def fig3_picks(results, profile, seeds, k=2):
 
 
 def runs_below(results, profile, seeds, dice=0.92):
-    """Every run of the study whose test Dice is below `dice`: (label, seed, test Dice, flattened)."""
-    return pd.DataFrame([{"row": label, "seed": s, "test_dice": sm["test"]["dice"], "flattened": sm.get("val_flattened")}
+    """Every run of the study whose test Dice is below `dice`: (label, seed, test Dice, best epoch)."""
+    return pd.DataFrame([{"row": label, "seed": s, "test_dice": sm["test"]["dice"], "best_epoch": sm["best_epoch"]}
                          for label, f in ROWS.items() for s in seeds
                          for sm in [load_run(results, profile, s, **f)[0]] if sm["test"]["dice"] < dice],
-                        columns=["row", "seed", "test_dice", "flattened"])
+                        columns=["row", "seed", "test_dice", "best_epoch"])
 
 
 def record(results, name, profile, seconds, **extra):
