@@ -11,7 +11,6 @@ PAPER_LOSS_WEIGHT = 0.36  # eq. (3): 0.36 * (CE + Dice)
 CROP_MARGIN = 0.15  # compress grows the region's box by this share of its longer side, for a checkpoint that
 # carries no margin of its own; notebook 05 stores in the shipped one the margin chosen on its validation photos
 QUALITY_THRESHOLDS = (0.90, 0.93)  # validation Dice levels for time-to-quality
-FLAT_TOLERANCE = 0.005  # a run has flattened when its last two epochs' validation Dice differ by at most this
 DEFAULT_PROFILE = "cpu"  # the profile whose results are committed under results/
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_model, model_state, save_checkpoint
-from .config import FLAT_TOLERANCE, PAPER_LOSS_WEIGHT, REPO, make_config
+from .config import PAPER_LOSS_WEIGHT, REPO, make_config
 from .dataset import prepare_data
 from .losses import get_loss
 from .metrics import image_scores, summarize
@@ -85,12 +85,6 @@ def lr_factor(cfg, n_batches):
             return (it + 1) / warm
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warm) / max(1, total - warm))))
     return factor
-
-
-def flattened(history, tolerance=FLAT_TOLERANCE):
-    """Whether validation Dice had stopped moving: the last two epochs within tolerance."""
-    v = [h["val_dice"] for h in history]
-    return len(v) >= 2 and abs(v[-1] - v[-2]) <= tolerance
 
 
 @torch.no_grad()
@@ -226,7 +220,7 @@ def train(cfg, out_dir, progress=None):
         "run": run_name(cfg), "profile": cfg.profile, "seed": cfg.seed, "data": data_id["dataset"], "data_fingerprint": data_id["fingerprint"],
         "n_train": len(idx["train"]), "train_foreground": foreground, "n_val": len(idx["val"]), "n_test": len(idx["test"]),
         "skipped_photos": ds["errors"], "best_epoch": best_epoch["epoch"], "best_val_dice": best_epoch["val_dice"],
-        "val_flattened": flattened(history), "last_val_dice_change": history[-1]["val_dice"] - history[-2]["val_dice"]
+        "last_val_dice_change": history[-1]["val_dice"] - history[-2]["val_dice"]
         if len(history) > 1 else None,
         "test": summarize(rows), "test_resolution": "each photo's original size",
         "train_seconds": sum(h["seconds"] for h in history), "eval_seconds": time.perf_counter() - t0,
