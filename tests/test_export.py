@@ -94,6 +94,7 @@ def test_compress_and_read_from_an_export_without_torch(shipped, photos, tmp_pat
     assert r.returncode == 1 and "bad.jpg" in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = run("read", "--checkpoint", folder, "--out", tmp_path / "readings.csv", photos)
     assert r.returncode == 1 and "bad.jpg" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert f"meterseg review {tmp_path / 'readings.csv'} --photos {photos} --out" in r.stdout  # sources are relative to it
     with_torch = runner.compress(ck, photos, tmp_path / "ref", read=True, progress=False)
     fs = stores.open_store(tmp_path)[0]
     without = {r["source"]: r for r in stores.read_rows(fs, str(tmp_path / "out" / "manifest.csv"))}

@@ -118,8 +118,9 @@ def cmd_read(a):
     rows = read(tool_for(a, True), a.photos[0] if one else a.photos, a.out, a.reader, a.min_confidence,
                 engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
     counts = {s: sum(r["status"].split(":")[0] == s for r in rows) for s in ("ok", "review", "unreadable", "no_region", "error")}
+    where = f" --photos {a.photos[0]}" if one and not is_url(a.photos[0]) else ""  # sources are relative to the folder
     print(f"{len(rows)} photos: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-          + f"; `meterseg review {a.out} --out review.html` shows the ones a person should check")
+          + f"; `meterseg review {a.out}{where} --out review.html` shows the ones a person should check")
     for r in rows:
         if r["status"].startswith("error"):
             print(f"{r['source']}: {r['status']}", file=sys.stderr)
