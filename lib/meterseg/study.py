@@ -154,7 +154,7 @@ def length_check(results, profile, seeds=LENGTH_SEEDS, lengths=LENGTHS, gain=CON
     return None, table
 
 
-def recipe_check(results, profile, fields, seeds=(0, 1), margin=CONVERGED_GAIN, data="", jobs=None):
+def recipe_check(results, profile, fields, seeds=LENGTH_SEEDS, margin=CONVERGED_GAIN, data="", jobs=None):
     """Whether a cheaper recipe (the profile's with `fields` changed) keeps the profile's quality: for both
     LENGTH_ROWS, its best validation Dice (mean over `seeds`) at least the profile recipe's minus `margin`.
     Trains what is missing of both. (adopt, one row per model and recipe with its training seconds)."""
@@ -247,14 +247,16 @@ def length_note(results):
     if not path.exists():
         return ""
     t = pd.read_csv(path)
-    gains = "; ".join(f"{m} " + ", ".join(f"{a}->{b} {g:+.4f}" for a, b, g in zip(d["epochs"], d["epochs"][1:], d["gain_to_next_length"]))
-                      for m, d in ((m, d.reset_index(drop=True)) for m, d in t.groupby("model", sort=False)))
+    gains = []
+    for model, d in t.groupby("model", sort=False):
+        e = d["epochs"].tolist()
+        gains.append(f"{model} " + ", ".join(f"{a}->{b} {g:+.4f}" for a, b, g in zip(e, e[1:], d["gain_to_next_length"])))
     length = t["converged_length"].dropna()
     verdict = (f"converged at {int(length.iloc[0])} epochs" if len(length) else
                f"no length tried met the rule (gain < {CONVERGED_GAIN} for both models), so the rows train the longest "
                f"length tried, {t['epochs'].max()} epochs, and may still gain a little")
     return (f"Length (README, Protocol): independent runs at each length, best validation Dice, mean of seeds "
-            f"{sorted(set(LENGTH_SEEDS))}: {gains}. The length check: {verdict}.")
+            f"{list(LENGTH_SEEDS)}: {'; '.join(gains)}. The length check: {verdict}.")
 
 
 def write_table(df, name, results, paper=None, title="", note=""):
