@@ -72,6 +72,17 @@ def test_every_config_field_is_a_train_flag():
     assert cfg.augment is False and cfg.prior_init is False and cfg.bf16 is False and cfg.model == "unet" and cfg.lr == 0.01
 
 
+def test_try_recipe_parses_each_field_as_its_flag_does(monkeypatch, capsys):
+    """`study --try-recipe` values: a bool from true/false (bool("False") would be True), gates as a tuple."""
+    from meterseg import cli, study
+    asked = []
+    monkeypatch.setattr(study, "write_check", lambda *a: asked.append(a[-1]) or (True, None))
+    assert cli.main(["study", "--try-recipe", "augment=False,lr=6e-3,gates=1+2,epochs=20"]) == 0
+    assert asked == [{"augment": False, "lr": 0.006, "gates": (1, 2), "epochs": 20}]
+    assert cli.main(["study", "--try-recipe", "augment=no"]) == 2 and len(asked) == 1
+    assert "augment=no: expected true or false" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cmd,flag,bad", [("train", "--loss", "focal"), ("train", "--model", "vit"),
                                           ("train", "--profile", "huge"), ("compress", "--format", "gif")])
 def test_choices_come_from_the_registries(cmd, flag, bad, capsys):

@@ -331,21 +331,21 @@ def test_without_any_lossless_path_crops_are_reencoded_and_say_so(predictor, pho
 
 
 def test_the_validated_crop_rule_ships_in_the_checkpoint_and_compress_uses_it(smoke_run, photos, tmp_path):
-    """ship_crop_rule stores notebook 05's choice; compress without --margin crops exactly by it."""
+    """ship.crop_rule records notebook 05's choice and builds the shipped file; compress without --margin crops by it."""
     import shutil
     import pandas as pd
-    ck = tmp_path / "attunet.pt"
-    shutil.copyfile(smoke_run[0] / "best.pt", ck)
-    (tmp_path / "README.md").write_text("# attunet.pt\n\n## The reader\n\nkept\n")
+    from meterseg import ship
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    shutil.copyfile(smoke_run[0] / "best.pt", tmp_path / "runs" / "r" / "best.pt")
+    ck = ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")
     assert Predictor.load(ck).crop_rule == CropRule(CROP_MARGIN, 0.5, 0.0)  # a checkpoint without one
     rule = CropRule(0.05, 0.1, 0.5)
     table = pd.DataFrame({"probability": [0.5, 0.1], "largest_needed": [0.04, 0.025], "margin": [0.08, 0.05],
                           "mean_area_share": [0.1, 0.09], "chosen": [False, True]})
     for _ in range(2):  # a rerun of notebook 05 replaces the rule, it does not pile up
-        analysis.ship_crop_rule(ck, rule, table)
-    text = (tmp_path / "README.md").read_text()
-    assert text.count("## The crop rule") == 1 and "0.0250" in text and text.endswith("## The reader\n\nkept\n")
-    assert text.startswith("# attunet.pt\n\n## The crop rule")
+        ship.crop_rule(tmp_path, rule, table)
+    text = (ck.parent / "README.md").read_text()
+    assert text.count("## The crop rule") == 1 and "0.0250" in text and text.startswith("# attunet.pt\n\n## The crop rule")
     shipped = Tool(Predictor.load(ck))
     assert shipped.segmenter.crop_rule == rule
     by_default = {r["source"]: r for r in C.compress(shipped, photos, tmp_path / "a", progress=False)}

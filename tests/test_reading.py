@@ -240,15 +240,16 @@ def test_own_reader_learns_a_few_strips():
 
 
 def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smoke_run):
-    """ship_reader stores the CRNN in the one shipped file; load_reader gives back the same network."""
+    """ship.reader records the CRNN and builds it into the one shipped file; load_reader gives back the same
+    network; choosing the segmenter again drops the decisions made on the old one."""
     import shutil
     import pandas as pd
     import torch
-    from meterseg import ownreader, reading_eval
+    from meterseg import ownreader, ship
     from meterseg.checkpoint import CheckpointError
-    ck = tmp_path / "attunet.pt"
-    shutil.copyfile(smoke_run[0] / "best.pt", ck)
-    (tmp_path / "README.md").write_text("# attunet.pt\n")
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    shutil.copyfile(smoke_run[0] / "best.pt", tmp_path / "runs" / "r" / "best.pt")
+    ck = ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")
     with pytest.raises(CheckpointError, match="attunet.pt: carries no reader"):
         load_reader(ck, "own")
     assert isinstance(load_reader(ck, "auto"), recognisers.RapidReader)
@@ -258,13 +259,15 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     rule = AcceptRule(0.93, 7 / 9, 0.2, True)
     table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "upper_error": 0.0213}])
     nothing_ok = pd.DataFrame([{"chosen": True, "photos": 40, "ok": 0, "coverage": 0.0, "wrong": 0, "upper_error": 1.0}])
-    reading_eval.ship_reader(ck, own, history, rule, nothing_ok)  # smoke data: no reading accepted (CI failed here)
-    assert "accepts 0 of 40 (0.0 %)" in (tmp_path / "README.md").read_text()
+    ship.reader(tmp_path, own, history, rule, nothing_ok)  # smoke data: no reading accepted (CI failed here)
+    assert "accepts 0 of 40 (0.0 %)" in (tmp_path / "models" / "README.md").read_text()
     for _ in range(2):  # a rerun of notebook 06 replaces the reader, it does not pile up
-        reading_eval.ship_reader(ck, own, history, rule, table)
-    text = (tmp_path / "README.md").read_text()
+        ship.reader(tmp_path, own, history, rule, table)
+    ship.decide(tmp_path, "crop_rule", "rule text\n", config={"crop_margin": 0.1})  # decided after, still shown before
+    text = (tmp_path / "models" / "README.md").read_text()
     assert text.count("## The reader") == 1 and "epoch 2" in text and "75.0 %" in text and "min_digit_confidence=0.93" in text
     assert "300 of 600 (50.0 %) with 3 wrong" in text and "no rule tried met the target" in text
+    assert text.index("## The crop rule") < text.index("## The reader")
     back = load_reader(ck)
     assert isinstance(back, ownreader.OwnReader) and back.accept == rule
     strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)
@@ -272,3 +275,6 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     x = ownreader.to_strip(strip)[None]
     assert torch.equal(back.model(x), own.model(x))
     assert Predictor.load(ck, "cpu") is not None  # the segmenter still loads from the same file
+    ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")
+    assert set(ship.decisions(tmp_path)) == {"segmenter"} and "reader" not in torch.load(ck, weights_only=True)
+    assert (tmp_path / "models" / "README.md").read_text() == "# attunet.pt\n"

@@ -1,7 +1,9 @@
 import json
 import os
 
-from meterseg import study
+import torch
+
+from meterseg import notebook, ship, study, tables
 
 
 def test_study_runs_are_the_tables_runs_once_each():
@@ -72,7 +74,7 @@ def test_executed_notebooks_carry_no_absolute_path(tmp_path, monkeypatch, synthe
     """A study run leaves no path of the machine in its notebooks (results outside the repo here)."""
     from meterseg.config import REPO
     monkeypatch.setenv("METERSEG_DATA", str(synthetic))
-    study.run_notebooks(["01_data_exploration"], "smoke", str(tmp_path / "res"), seeds=1, jobs=1)
+    notebook.run_notebooks(["01_data_exploration"], "smoke", str(tmp_path / "res"), seeds=1, jobs=1)
     text = (tmp_path / "res" / "notebooks" / "01_data_exploration.ipynb").read_text()
     for leak in (str(REPO), str(tmp_path), os.environ["METERSEG_CACHE"], "/tmp/", "/work/", "/home/"):
         assert leak not in text, leak
@@ -93,7 +95,7 @@ def test_a_relative_data_folder_reaches_the_notebooks(tmp_path, monkeypatch, syn
 
 
 def _fake_run(results, name, seed, val_dice, content):
-    """A finished run as load_run and ship_model read it, with a best.pt that says which run it is."""
+    """A finished run as load_run and ship.segmenter read it, with a best.pt that says which run it is."""
     from meterseg.metrics import METRICS
     d = study.runs_dir(results, "smoke") / name
     d.mkdir(parents=True)
@@ -102,27 +104,27 @@ def _fake_run(results, name, seed, val_dice, content):
                                                 "test": test, "git_commit": "abc", "device": "cpu", "train_seconds": 1.0}))
     (d / "history.csv").write_text("epoch,train_loss,val_dice,lr,seconds\n1,0.5,0.4,0.001,1.0\n")
     (d / "test_metrics.csv").write_text("image,dice\na,0.5\n")
-    (d / "best.pt").write_bytes(content)
+    torch.save({"config": "{}", "run": content}, d / "best.pt")
     return json.loads((d / "summary.json").read_text())
 
 
-def test_ship_model_trains_the_validation_best_seed_longer_and_ships_the_best_on_validation(tmp_path, monkeypatch):
-    for long_val, shipped in ((0.95, b"long"), (0.92, b"s1")):
+def test_ship_segmenter_trains_the_validation_best_seed_longer_and_ships_the_best_on_validation(tmp_path, monkeypatch):
+    for long_val, shipped in ((0.95, "long"), (0.92, "s1")):
         res = tmp_path / str(long_val)
-        _fake_run(res, "attunet-g12-combo-s0", 0, 0.90, b"s0")
-        _fake_run(res, "attunet-g12-combo-s1", 1, 0.93, b"s1")
-        _fake_run(res, "attunet-g12-combo-s2", 2, 0.91, b"s2")
+        _fake_run(res, "attunet-g12-combo-s0", 0, 0.90, "s0")
+        _fake_run(res, "attunet-g12-combo-s1", 1, 0.93, "s1")
+        _fake_run(res, "attunet-g12-combo-s2", 2, 0.91, "s2")
         asked = []
 
         def longer(results, profile, seed, data="", **fields):
             asked.append((seed, fields))
             return json.loads((study.runs_dir(results, profile) / f"attunet-g12-combo-s{seed}-e20" / "summary.json").read_text())
-        _fake_run(res, "attunet-g12-combo-s1-e20", 1, long_val, b"long")
+        _fake_run(res, "attunet-g12-combo-s1-e20", 1, long_val, "long")
         monkeypatch.setattr(study, "ensure_run", longer)
-        monkeypatch.setitem(study.SHIP_EPOCHS, "smoke", 20)
-        path, best, candidates = study.ship_model(res, "smoke", [0, 1, 2])
+        monkeypatch.setitem(ship.SHIP_EPOCHS, "smoke", 20)
+        path, best, candidates = ship.segmenter(res, "smoke", [0, 1, 2])
         assert asked == [(1, {"epochs": 20})]  # seed 1: the best table run on validation, never the test numbers
-        assert path.read_bytes() == shipped
+        assert torch.load(path, weights_only=True)["run"] == shipped
         assert candidates.shipped.sum() == 1 and candidates.loc[candidates.shipped, "val_dice"].item() == max(long_val, 0.93)
         assert list(candidates.epochs) == [15, 15, 15, 20]
         assert f"({max(long_val, 0.93):.4f}, epoch 2)" in (res / "models" / "README.md").read_text()
@@ -142,21 +144,21 @@ def test_seed_table_against_statistics_and_the_length_check_footnote(tmp_path):
     import statistics
     import pandas as pd
     dice = [0.941, 0.952, 0.948]
-    runs = {"AttU": [{"best_epoch": e, "test": {m: d + 0.01 * i for i, m in enumerate(study.METRICS)}}
+    runs = {"AttU": [{"best_epoch": e, "test": {m: d + 0.01 * i for i, m in enumerate(tables.METRICS)}}
                      for e, d in zip((40, 31, 38), dice)]}
-    row = study.seed_table(runs).iloc[0]
+    row = tables.seed_table(runs).iloc[0]
     assert abs(row["dice_mean"] - 100 * statistics.mean(dice)) < 1e-9
     assert abs(row["dice_sd"] - 100 * statistics.stdev(dice)) < 1e-9  # ddof=1
     assert row["best_epochs"] == "31-40" and abs(row["lowest_dice"] - 94.1) < 1e-9
-    assert study.length_note(tmp_path) == ""  # no check run: no footnote
+    assert tables.length_note(tmp_path) == ""  # no check run: no footnote
     (tmp_path / "tables").mkdir()
     check = pd.DataFrame({"model": ["AttU"] * 3 + ["U-Net"] * 3, "epochs": [10, 20, 30] * 2,
                           "best_val_dice": [0.95, 0.955, 0.956, 0.94, 0.95, 0.9535],
                           "gain_to_next_length": [0.005, 0.001, None, 0.01, 0.0035, None]})
     check.assign(converged_length=None).to_csv(tmp_path / "tables" / "length_check.csv", index=False)
-    note = study.length_note(tmp_path)
+    note = tables.length_note(tmp_path)
     assert "U-Net 10->20 +0.0100, 20->30 +0.0035" in note and "longest length tried, 30 epochs" in note
     check.assign(converged_length=[20] + [None] * 5).to_csv(tmp_path / "tables" / "length_check.csv", index=False)
-    assert "converged at 20 epochs" in study.length_note(tmp_path)
-    md = study.write_table(study.seed_table(runs), "t", tmp_path, title="T").read_text()
+    assert "converged at 20 epochs" in tables.length_note(tmp_path)
+    md = tables.write_table(tables.seed_table(runs), "t", tmp_path, title="T").read_text()
     assert "| AttU | 3 | 31-40 |" in md and md.rstrip().endswith("converged at 20 epochs.")

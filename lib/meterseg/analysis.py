@@ -176,20 +176,6 @@ def trade_off_rules(rule, margins=MARGINS):
     return [rule] + [r for r in grid if r != rule]
 
 
-def ship_crop_rule(checkpoint, rule, table):
-    """Store the crop rule chosen on validation in the shipped checkpoint's config, so that `compress` uses
-    it by default (Predictor.crop_rule); its README gets the validation figures behind it."""
-    import json
-    from .checkpoint import amend_shipped
-    chosen = table[table["chosen"]].iloc[0]
-    return amend_shipped(checkpoint, lambda ck: ck.update(config=json.dumps({**json.loads(ck["config"]), **rule.stored()})),
-        "The crop rule", f"`compress` crops to the box of the pixels the model gives the window at least {rule.probability}, "
-        f"grown by {rule.margin} x its longer side (unless `--margin` says otherwise): {SAFETY:g} x the largest margin a "
-        f"validation photo needed ({chosen['largest_needed']:.4f}). A photo whose region confidence is under "
-        f"{rule.min_confidence} (the lowest on validation) is stored whole, status `uncertain` (notebook 05, "
-        "results/tables/05_val_needed_margins.csv).\n", replaces=("The crop margin",))
-
-
 def _at(crops, rule):
     return crops[(crops["probability"] == rule.probability) & (crops["margin"] == rule.margin)]
 

@@ -19,24 +19,6 @@ def save_checkpoint(path, state):
     atomic_write(path, buf.getvalue())
 
 
-def amend_shipped(checkpoint, edit, title, text, replaces=()):
-    """Change the shipped checkpoint in place (edit(ck) alters the loaded dict) and set the section
-    `## title` of the README beside it to text, replacing an earlier one (and sections titled as in
-    `replaces`, which it supersedes); "The reader" stays last."""
-    import re
-    checkpoint = Path(checkpoint)
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    edit(ck)
-    save_checkpoint(checkpoint, ck)
-    readme = checkpoint.with_name("README.md")
-    sections = [s for s in re.split(r"(?=\n## )", readme.read_text())
-                if not any(s.startswith(f"\n## {t}\n") for t in (title, *replaces))]
-    at = next((i for i, s in enumerate(sections) if s.startswith("\n## The reader\n")), len(sections))
-    sections.insert(at, f"\n## {title}\n\n{text}")
-    atomic_write(readme, "".join(sections).encode())
-    return checkpoint
-
-
 def model_state(model, cfg, **extra):
     """What a model checkpoint holds: the weights, the config as JSON, and plain extras."""
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -30,6 +30,19 @@ def _gates(text):
     return tuple(int(g) for g in text.replace("+", ",").split(",") if g.strip())
 
 
+PARSE = {"tuple": _gates, "int": int, "float": float, "str": str}
+
+
+def config_value(name, text):
+    """A Config field's value from text, as its flag would parse it (bool: true or false)."""
+    kind = getattr(Config.__dataclass_fields__[name].type, "__name__", Config.__dataclass_fields__[name].type)
+    if kind == "bool":
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{name}={text}: expected true or false")
+        return text.lower() == "true"
+    return PARSE[kind](text)
+
+
 def add_config_flags(parser):
     """One flag per Config field (the profile's value when left out), so every field can be overridden."""
     CHOICES = choices()
@@ -40,7 +53,7 @@ def add_config_flags(parser):
         elif f.type in (bool, "bool"):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         else:
-            typ = {"tuple": _gates, "int": int, "float": float, "str": str}[getattr(f.type, "__name__", f.type)]
+            typ = PARSE[getattr(f.type, "__name__", f.type)]
             parser.add_argument(flag, dest=f.name, type=typ, choices=CHOICES.get(f.name), help=HELP.get(f.name))
 
 
@@ -153,13 +166,14 @@ def cmd_fetch(a):
 
 
 def cmd_study(a):
-    from .study import run_notebooks, write_check
+    from .notebook import run_notebooks
+    from .study import write_check
     if a.length_check or a.try_recipe:
         pairs = [kv.split("=", 1) for kv in a.try_recipe.split(",")] if a.try_recipe else []
         bad = [kv[0] for kv in pairs if len(kv) != 2 or kv[0] not in Config.__dataclass_fields__]
         if bad:
             raise ValueError(f"--try-recipe: not FIELD=VALUE of a config field: {bad}")
-        recipe = {k: type(getattr(Config(), k))(v) for k, v in pairs} or None
+        recipe = {k: config_value(k, v) for k, v in pairs} or None
         return 0 if write_check(a.profile, a.results, a.data, a.jobs, recipe)[0] else 1
     names = a.notebooks or sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
     run_notebooks(names, a.profile, a.results, a.data, a.seeds, a.jobs)

@@ -259,30 +259,6 @@ def voting_on_validation(predictor, reader, photos, labels, settings=((1, 0.0), 
     return pd.DataFrame(rows)
 
 
-def ship_reader(checkpoint, own, history, accept, rule_table):
-    """Store our CRNN and its accept rule inside the shipped checkpoint (one shipped file: region and
-    reading), so that `meterseg read` and `compress --read` use them; its README says how they were chosen."""
-    from dataclasses import asdict
-    from .checkpoint import amend_shipped
-    best = history.loc[history["val_exact"].idxmax()]
-    state = own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(accept))
-    chosen = rule_table[rule_table["chosen"]].iloc[0]
-    met = chosen["upper_error"] <= TARGET_ERROR
-    return amend_shipped(checkpoint, lambda ck: ck.update(reader=state),
-        "The reader",
-        f"Key `reader`: our CRNN (notebook 06), trained on every train photo's rectified labelled quad with its billing "
-        f"reading (a half-turned wheel at the digit it is leaving) as the target, epoch {int(best['epoch'])} chosen by "
-        f"exact readings of the validation split's predicted quads ({100 * best['val_exact']:.1f} %). A reading is `ok` "
-        f"when {accept} holds, else `review`. It was chosen on out-of-fold reads of the train split for at most "
-        f"{100 * TARGET_ERROR:g} % wrong among `ok` (one-sided 95 % bound): there it accepts {int(chosen['ok'])} of "
-        f"{int(chosen['photos'])} ({100 * chosen['coverage']:.1f} %) with {int(chosen['wrong'])} wrong, "
-        + (f"bound {100 * chosen['upper_error']:.2f} %." if met else f"bound {100 * chosen['upper_error']:.2f} %: **no rule "
-           "tried met the target**, so this is the one with the lowest bound.")
-        + " Validation and test figures: notebook 06, results/tables/06_*.\n\n"
-        "Use: `meterseg read --checkpoint results/models/attunet.pt --out readings.csv photo.jpg` "
-        "(`--reader rapidocr` for the off-the-shelf recogniser)\n")
-
-
 def compare_readers(off_the_shelf, own):
     """Exact-reading % (billing rule, any candidate) and per-digit % of each way for both readers, side by side."""
     return pd.DataFrame({f"{name} {col}": t[col] for col in ("exact_billing_pct", "exact_any_pct", "digit_pct")

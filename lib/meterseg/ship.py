@@ -1,0 +1,129 @@
+"""The shipped model, results/models/attunet.pt and its README, built in one place (build) from the decisions
+the notebooks record in results/models/decisions.json: 02 the segmenter run, 05 the crop rule, 06 the reader.
+
+A notebook records its decision and the shipped file is built again from all of them, never amended in place.
+The crop rule and the reader were chosen on one segmenter, so choosing the segmenter again drops them.
+"""
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .checkpoint import save_checkpoint
+from .config import PAPER_LOSS_WEIGHT
+from .metrics import METRICS
+from .stores import atomic_write
+
+DECISIONS = "decisions.json"
+READER = "reader.pt"  # the CRNN notebook 06 ships, beside attunet.pt and out of git (only attunet.pt is committed)
+SECTIONS = {"segmenter": "", "crop_rule": "\n## The crop rule\n\n", "reader": "\n## The reader\n\n"}  # README order
+
+
+def decisions(results):
+    path = Path(results) / "models" / DECISIONS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def decide(results, step, text, **decision):
+    """Record one step's decision with the README section that explains it, then build the shipped model."""
+    made = {} if step == "segmenter" else decisions(results)
+    if "segmenter" not in made and step != "segmenter":
+        raise ValueError(f"{Path(results) / 'models' / DECISIONS}: no segmenter chosen yet (notebook 02 chooses it)")
+    made[step] = {**decision, "text": text, **({} if step == "segmenter" else {"on_segmenter": made["segmenter"]["run"]})}
+    (Path(results) / "models").mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(results) / "models" / DECISIONS, (json.dumps(made, indent=1) + "\n").encode())
+    return build(results)
+
+
+def build(results):
+    """results/models/attunet.pt: the chosen run's best.pt, with the crop rule in its config and the reader
+    under the key `reader` where they are decided; README.md beside it says where each came from."""
+    results, made = Path(results), decisions(results)
+    ck = torch.load(results / made["segmenter"]["checkpoint"], map_location="cpu", weights_only=True)
+    if "crop_rule" in made:
+        ck["config"] = json.dumps({**json.loads(ck["config"]), **made["crop_rule"]["config"]})
+    if "reader" in made:
+        reader = results / made["reader"]["checkpoint"]
+        if not reader.is_file():
+            raise FileNotFoundError(f"{reader}: the reader decisions.json names is missing; run notebook 06 again")
+        ck["reader"] = torch.load(reader, map_location="cpu", weights_only=True)
+    save_checkpoint(results / "models" / "attunet.pt", ck)
+    readme = "".join(head + made[step]["text"] for step, head in SECTIONS.items() if step in made)
+    atomic_write(results / "models" / "README.md", readme.encode())
+    return results / "models" / "attunet.pt"
+
+
+# The shipped model's longer training, by profile: the table runs' recipe (the cosine stretched) for the seed
+# whose table run has the best validation Dice. The cpu rows train at their converged length (README, Protocol)
+# and ship as they are, like any profile not listed.
+SHIP_EPOCHS = {"smoke": 20}
+
+
+def segmenter(results, profile, seeds, data=""):
+    """Notebook 02: ship the paper AttU with the best validation Dice (not test Dice).
+
+    The candidates are the table runs of `seeds` and the best of them trained SHIP_EPOCHS[profile]
+    epochs (trained here if it is not yet). (path, summary of the shipped run, candidates table).
+    """
+    from .study import ensure_run, load_run, row_config, run_dir
+    runs = [(load_run(results, profile, s)[0], {}) for s in seeds]
+    seed = max(runs, key=lambda r: r[0]["best_val_dice"])[0]["seed"]
+    longer = ""
+    if profile in SHIP_EPOCHS:
+        runs.append((ensure_run(results, profile, seed, data, epochs=SHIP_EPOCHS[profile]), dict(epochs=SHIP_EPOCHS[profile])))
+        longer = f" and seed {seed} (their best) trained {SHIP_EPOCHS[profile]} epochs"
+    best, chosen = max(runs, key=lambda r: r[0]["best_val_dice"])
+    cfg = row_config(profile, best["seed"], **chosen)
+    candidates = pd.DataFrame([{"run": r["run"], "seed": r["seed"], "epochs": row_config(profile, r["seed"], **f).epochs,
+                                "best_epoch": r["best_epoch"], "val_dice": r["best_val_dice"], "shipped": r is best}
+                               for r, f in runs])
+    t = best["test"]
+    text = (f"# attunet.pt\n\nThe `{profile}`-profile Attention U-Net (gates 1+2, {PAPER_LOSS_WEIGHT:g}(CE+Dice)), run "
+            f"`{best['run']}` (seed {best['seed']}, {cfg.epochs} epochs), chosen by validation Dice ({best['best_val_dice']:.4f}, "
+            f"epoch {best['best_epoch']}) among the table runs of seeds {list(seeds)}{longer}.\n\n"
+            f"Test split ({t['n']} photos, metrics at each photo's original size, SD with ddof=1):\n\n"
+            + "| metric | mean | sd |\n|---|---|---|\n"
+            + "".join(f"| {m} | {100 * t[m]:.2f}% | {100 * t[m + '_sd']:.2f}% |\n" for m in METRICS)
+            + f"| pooled dice | {100 * t['pooled_dice']:.2f}% | |\n\n"
+            f"Produced by commit `{best['git_commit']}` on {best['device']} ({best['train_seconds']:.0f} s of training).\n\n"
+            "Use: `meterseg predict --checkpoint results/models/attunet.pt --out masks/ photo.jpg`\n")
+    checkpoint = (run_dir(results, cfg) / "best.pt").relative_to(results)
+    return decide(results, "segmenter", text, run=best["run"], checkpoint=checkpoint.as_posix()), best, candidates
+
+
+def crop_rule(results, rule, table):
+    """Notebook 05: ship the crop rule chosen on validation (the table of analysis.choose_crop_rule), so that
+    `compress` uses it by default (Predictor.crop_rule)."""
+    from .analysis import SAFETY
+    chosen = table[table["chosen"]].iloc[0]
+    text = (f"`compress` crops to the box of the pixels the model gives the window at least {rule.probability}, "
+            f"grown by {rule.margin} x its longer side (unless `--margin` says otherwise): {SAFETY:g} x the largest margin a "
+            f"validation photo needed ({chosen['largest_needed']:.4f}). A photo whose region confidence is under "
+            f"{rule.min_confidence} (the lowest on validation) is stored whole, status `uncertain` (notebook 05, "
+            "results/tables/05_val_needed_margins.csv).\n")
+    return decide(results, "crop_rule", text, config=rule.stored())
+
+
+def reader(results, own, history, accept, rule_table):
+    """Notebook 06: ship our CRNN (its epoch best on validation) and its accept rule inside attunet.pt (one
+    shipped file: region and reading), so that `meterseg read` and `compress --read` use them."""
+    from .reading_eval import TARGET_ERROR
+    best = history.loc[history["val_exact"].idxmax()]
+    save_checkpoint(Path(results) / "models" / READER,
+                    own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(accept)))
+    chosen = rule_table[rule_table["chosen"]].iloc[0]
+    met = chosen["upper_error"] <= TARGET_ERROR
+    text = (f"Key `reader`: our CRNN (notebook 06), trained on every train photo's rectified labelled quad with its billing "
+            f"reading (a half-turned wheel at the digit it is leaving) as the target, epoch {int(best['epoch'])} chosen by "
+            f"exact readings of the validation split's predicted quads ({100 * best['val_exact']:.1f} %). A reading is `ok` "
+            f"when {accept} holds, else `review`. It was chosen on out-of-fold reads of the train split for at most "
+            f"{100 * TARGET_ERROR:g} % wrong among `ok` (one-sided 95 % bound): there it accepts {int(chosen['ok'])} of "
+            f"{int(chosen['photos'])} ({100 * chosen['coverage']:.1f} %) with {int(chosen['wrong'])} wrong, "
+            + (f"bound {100 * chosen['upper_error']:.2f} %." if met else f"bound {100 * chosen['upper_error']:.2f} %: **no rule "
+               "tried met the target**, so this is the one with the lowest bound.")
+            + " Validation and test figures: notebook 06, results/tables/06_*.\n\n"
+            "Use: `meterseg read --checkpoint results/models/attunet.pt --out readings.csv photo.jpg` "
+            "(`--reader rapidocr` for the off-the-shelf recogniser)\n")
+    return decide(results, "reader", text, checkpoint=f"models/{READER}", epoch=int(best["epoch"]))
