@@ -25,6 +25,19 @@ def test_order_corners_clockwise_from_top_left():
     np.testing.assert_array_equal(geometry.order_corners(square), [(0, 0), (10, 0), (10, 10), (0, 10)])
 
 
+@pytest.mark.parametrize("degrees", [0, 30, 44, 46, 60, -46, -60])
+def test_order_corners_puts_the_long_side_on_top_of_a_turned_window(degrees):
+    """A 200 x 40 window turned past 45 degrees: the corner with the smallest x + y now starts a short side,
+    and rectifying from it gave a strip taller than wide (the tool read 2-3 digits of such photos)."""
+    t = np.radians(degrees)
+    rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    quad = np.array([(-100, -20), (100, -20), (100, 20), (-100, 20)]) @ rot.T + 300
+    q = geometry.order_corners(quad[::-1])
+    assert np.linalg.norm(q[1] - q[0]) > 199 and np.linalg.norm(q[3] - q[0]) < 41
+    strip = geometry.rectify(np.zeros((600, 600, 3), np.uint8), quad, height=48)
+    assert strip.shape[1] > 4 * strip.shape[0]
+
+
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(st.floats(-0.3, 0.3), st.integers(60, 300), st.integers(20, 80), st.floats(0, 1), st.floats(0, 1))
 def test_fit_quad_recovers_a_rasterised_quad(angle, w, h, fx, fy):

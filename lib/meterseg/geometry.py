@@ -88,11 +88,15 @@ def grow_box(box, margin, size):
 
 
 def order_corners(pts):
-    """4 points as (top-left, top-right, bottom-right, bottom-left): clockwise in image coordinates."""
+    """4 points as (top-left, top-right, bottom-right, bottom-left), clockwise in image coordinates, with the
+    top edge on a long side: a counter window is wider than tall, however the photo was turned. Of the two
+    such orders, the one that starts at the corner with the smaller x + y."""
     pts = np.asarray(pts, dtype=np.float64)
     c = pts.mean(axis=0)
     pts = pts[np.argsort(np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0]))]  # clockwise when y points down
-    start = np.argmin(pts.sum(axis=1))  # the top-left corner has the smallest x + y
+    edge = np.linalg.norm(pts - np.roll(pts, -1, axis=0), axis=1)  # edge i joins corner i to corner i + 1
+    long = 0 if edge[0] + edge[2] >= edge[1] + edge[3] else 1
+    start = min((long, long + 2), key=lambda i: pts[i].sum())
     return np.roll(pts, -start, axis=0)
 
 
