@@ -124,9 +124,9 @@ def check_readings(fs, bucket, rows):
     stored = parse_manifest(fs.cat_file(f"{bucket}/readings.csv").decode())
     assert stored == [{k: str(r.get(k, "")) for k in stored[0]} for r in rows]
     assert list(stored[0]) == READ_FIELDS and len(stored) == len(fs.find(f"{bucket}/in"))
-    for r in stored:
-        ok = r["status"] in ("ok", "no_region") or r["status"].startswith("unreadable")
-        assert ok != r["source"].endswith("bad.jpg"), r
+    for r in stored:  # a good photo may be ok, review, unreadable or no_region; only the bad object is an error
+        assert r["status"].startswith("error") == r["source"].endswith("bad.jpg"), r
+    assert [r["status"] for r in stored if r["source"].endswith("bad.jpg")][0].startswith("error: site-a/bad.jpg: ")
     assert not fs.find(f"{bucket}/readings.csv.parts")
 
 

@@ -21,7 +21,7 @@ def setup(name, profile="", results="", seeds=5):
 
 def finish(name, profile, results):
     """A notebook's last call: its commit, profile and wall time since setup into results/provenance.json."""
-    return record(results, name, profile, time.time() - _STARTED.pop(name))
+    return record(results, name, profile, time.time() - _STARTED[name])
 
 
 def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
