@@ -106,7 +106,7 @@ table {{ border-collapse: collapse; width: 100%; }}
 td, th {{ border-bottom: 1px solid #ddd; padding: .4em; vertical-align: middle; text-align: left; }}
 tr.person {{ background: #fff8e6; }}
 tr.done {{ background: #eaf7ea; }}
-.name {{ max-width: 14em; overflow-wrap: anywhere; font-family: monospace; }}
+.name {{ min-width: 11em; max-width: 16em; overflow-wrap: anywhere; font-family: monospace; }}
 td.digits {{ white-space: nowrap; }}
 .d {{ display: inline-block; width: 1.5em; text-align: center; font: bold 22px monospace; }}
 .d small {{ display: block; font: 10px sans-serif; color: #666; }}
