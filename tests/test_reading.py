@@ -254,7 +254,7 @@ def test_own_reader_learns_a_few_strips():
 
 def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smoke_run):
     """ship.reader records the CRNN and builds it into the one shipped file; load_reader gives back the same
-    network; choosing the segmenter again drops the decisions made on the old one."""
+    network; choosing another segmenter drops the decisions made on the old one."""
     import shutil
     import pandas as pd
     import torch
@@ -288,6 +288,9 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     x = ownreader.to_strip(strip)[None]
     assert torch.equal(back.model(x), own.model(x))
     assert Predictor.load(ck, "cpu") is not None  # the segmenter still loads from the same file
-    ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")
+    ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")  # 02 again, same run
+    assert set(ship.decisions(tmp_path)) == {"segmenter", "crop_rule", "reader"}
+    shutil.copytree(tmp_path / "runs" / "r", tmp_path / "runs" / "r2")
+    ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r2", checkpoint="runs/r2/best.pt")  # another run
     assert set(ship.decisions(tmp_path)) == {"segmenter"} and "reader" not in torch.load(ck, weights_only=True)
     assert (tmp_path / "models" / "README.md").read_text() == "# attunet.pt\n"

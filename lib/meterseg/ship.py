@@ -2,7 +2,7 @@
 the notebooks record in results/models/decisions.json: 02 the segmenter run, 05 the crop rule, 06 the reader.
 
 A notebook records its decision and the shipped file is built again from all of them, never amended in place.
-The crop rule and the reader were chosen on one segmenter, so choosing the segmenter again drops them.
+The crop rule and the reader were chosen on one segmenter, so choosing another segmenter drops them.
 """
 import json
 from dataclasses import asdict
@@ -28,7 +28,9 @@ def decisions(results):
 
 def decide(results, step, text, **decision):
     """Record one step's decision with the README section that explains it, then build the shipped model."""
-    made = {} if step == "segmenter" else decisions(results)
+    made = decisions(results)
+    if step == "segmenter" and made.get("segmenter", {}).get("run") != decision["run"]:
+        made = {}  # the crop rule and the reader were chosen on another segmenter
     if "segmenter" not in made and step != "segmenter":
         raise ValueError(f"{Path(results) / 'models' / DECISIONS}: no segmenter chosen yet (notebook 02 chooses it)")
     made[step] = {**decision, "text": text, **({} if step == "segmenter" else {"on_segmenter": made["segmenter"]["run"]})}
