@@ -39,16 +39,17 @@ def test_order_corners_puts_the_long_side_on_top_of_a_turned_window(degrees):
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
-@given(st.floats(-0.3, 0.3), st.integers(60, 300), st.integers(20, 80), st.floats(0, 1), st.floats(0, 1))
+@given(st.floats(-0.3, 0.3), st.integers(160, 300), st.integers(20, 80), st.floats(0, 1), st.floats(0, 1))
 def test_fit_quad_recovers_a_rasterised_quad(angle, w, h, fx, fy):
-    """A rotated rectangle, drawn as predict would give it, comes back within 4 px a corner on average
-    (the worst of 1,500 random cases was 3.2 px: a thin, tilted window's jagged outline; a model pixel is ~7)."""
+    """A rotated window (at least twice as wide as tall, as counter windows are: a near-square one has no
+    long side to put on top), drawn as predict would give it, comes back within 2 px a corner on average
+    (the worst of 1,500 random cases was 1.1 px; a model pixel is ~7)."""
     W, H = 640, 480
     c = np.array([160 + fx * 320, 130 + fy * 220])  # the quad stays inside the photo
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     quad = [tuple(c + rot @ np.array([sx * w / 2, sy * h / 2])) for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))]
     fitted = geometry.fit_quad(polygon_mask(quad, (W, H)))
-    assert geometry.corner_error(fitted, quad) < 4.0
+    assert geometry.corner_error(fitted, quad) < 2.0
 
 
 def test_fit_quad_of_nothing_is_none():
