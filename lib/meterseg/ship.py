@@ -11,9 +11,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import study
+from .analysis import SAFETY
 from .checkpoint import save_checkpoint
 from .config import PAPER_LOSS_WEIGHT
 from .metrics import METRICS
+from .reading_eval import TARGET_ERROR
 from .stores import atomic_write
 
 DECISIONS = "decisions.json"
@@ -69,16 +72,15 @@ def segmenter(results, profile, seeds, data=""):
     The candidates are the table runs of `seeds` and the best of them trained SHIP_EPOCHS[profile]
     epochs (trained here if it is not yet). (path, summary of the shipped run, candidates table).
     """
-    from .study import ensure_run, load_run, row_config, run_dir
-    runs = [(load_run(results, profile, s)[0], {}) for s in seeds]
+    runs = [(study.load_run(results, profile, s)[0], {}) for s in seeds]
     seed = max(runs, key=lambda r: r[0]["best_val_dice"])[0]["seed"]
     longer = ""
     if profile in SHIP_EPOCHS:
-        runs.append((ensure_run(results, profile, seed, data, epochs=SHIP_EPOCHS[profile]), dict(epochs=SHIP_EPOCHS[profile])))
+        runs.append((study.ensure_run(results, profile, seed, data, epochs=SHIP_EPOCHS[profile]), dict(epochs=SHIP_EPOCHS[profile])))
         longer = f" and seed {seed} (their best) trained {SHIP_EPOCHS[profile]} epochs"
     best, chosen = max(runs, key=lambda r: r[0]["best_val_dice"])
-    cfg = row_config(profile, best["seed"], **chosen)
-    candidates = pd.DataFrame([{"run": r["run"], "seed": r["seed"], "epochs": row_config(profile, r["seed"], **f).epochs,
+    cfg = study.row_config(profile, best["seed"], **chosen)
+    candidates = pd.DataFrame([{"run": r["run"], "seed": r["seed"], "epochs": study.row_config(profile, r["seed"], **f).epochs,
                                 "best_epoch": r["best_epoch"], "val_dice": r["best_val_dice"], "shipped": r is best}
                                for r, f in runs])
     t = best["test"]
@@ -91,14 +93,13 @@ def segmenter(results, profile, seeds, data=""):
             + f"| pooled dice | {100 * t['pooled_dice']:.2f}% | |\n\n"
             f"Produced by commit `{best['git_commit']}` on {best['device']} ({best['train_seconds']:.0f} s of training).\n\n"
             "Use: `meterseg predict --checkpoint results/models/attunet.pt --out masks/ photo.jpg`\n")
-    checkpoint = (run_dir(results, cfg) / "best.pt").relative_to(results)
+    checkpoint = (study.run_dir(results, cfg) / "best.pt").relative_to(results)
     return decide(results, "segmenter", text, run=best["run"], checkpoint=checkpoint.as_posix()), best, candidates
 
 
 def crop_rule(results, rule, table):
     """Notebook 05: ship the crop rule chosen on validation (the table of analysis.choose_crop_rule), so that
     `compress` uses it by default (Predictor.crop_rule)."""
-    from .analysis import SAFETY
     chosen = table[table["chosen"]].iloc[0]
     text = (f"`compress` crops to the box of the pixels the model gives the window at least {rule.probability}, "
             f"grown by {rule.margin} x its longer side (unless `--margin` says otherwise): {SAFETY:g} x the largest margin a "
@@ -111,7 +112,6 @@ def crop_rule(results, rule, table):
 def reader(results, own, history, accept, rule_table):
     """Notebook 06: ship our CRNN (its epoch best on validation) and its accept rule inside attunet.pt (one
     shipped file: region and reading), so that `meterseg read` and `compress --read` use them."""
-    from .reading_eval import TARGET_ERROR
     best = history.loc[history["val_exact"].idxmax()]
     save_checkpoint(Path(results) / "models" / READER,
                     own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(accept)))
