@@ -60,9 +60,11 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
     return torch.stack(xs), ys
 
 
-def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
+def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, clip=5.0):
     """Train a CRNN with CTC on class sequences (labelled_strips' targets); keeps the epoch with the best
-    validation exact-reading accuracy (billing digits). Returns (model in eval mode, history of (epoch, loss, val exact))."""
+    validation exact-reading accuracy (billing digits). clip: each step's gradient norm is cut to it (without,
+    some seeds stall on CTC's all-blank plateau; README, Protocol). Returns (model in eval mode, history of
+    (epoch, loss, val exact))."""
     torch.manual_seed(seed)
     model = CRNN()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -83,6 +85,7 @@ def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32):
                               torch.tensor([len(t) for t in tgt]), blank=BLANK, zero_infinity=True)
             opt.zero_grad()
             loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
