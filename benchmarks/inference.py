@@ -1,6 +1,6 @@
 """The segmenter on the CPU, head to head in one run: eager fp32 (as the study evaluates), bf16 autocast,
 ONNX Runtime fp32 (what the tool runs from an export), ONNX Runtime int8 (static QDQ quantisation,
-calibrated on train photos) and OpenVINO fp32 (when its wheel is installed), at batch 8 on one
+calibrated on train photos) and OpenVINO fp32 (and bf16 on a CPU with bf16 units; when its wheel is installed), at batch 8 on one
 thread and two; then, on the validation photos, what each backend changes against eager fp32:
 mask Dice, crop boxes that move (and by how much), photos whose crop loses labelled region pixels.
 
@@ -19,7 +19,7 @@ from meterseg.dataset import split_pairs
 from meterseg.export import export
 from meterseg.geometry import gap_box, gap_to_mask, grow_box
 from meterseg.photos import load_photo, truth_mask
-from meterseg.predictor import Predictor
+from meterseg.predictor import Predictor, cpu_has_bf16
 from meterseg.tool import load_tool
 
 
@@ -35,10 +35,10 @@ def ort_session(path, threads):
     return lambda x: s.run(None, {"image": x})[0]
 
 
-def openvino_model(path, threads):
+def openvino_model(path, threads, precision="f32"):
     import openvino as ov
     core = ov.Core()
-    m = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    m = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision})
     return lambda x: m(x)[0]
 
 
@@ -58,7 +58,9 @@ def quantise(fp32, out, calib):
 
 def backends(predictor, folder, threads, int8):
     torch.set_num_threads(threads)
-    eager = predictor.gaps
+
+    def eager(x):  # logit_gaps is fp32 on the CPU; predictor.gaps (the tool's) is bf16 on a CPU with bf16 units
+        return predictor.logit_gaps(torch.from_numpy(x)).numpy()
 
     def bf16(x):
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -68,6 +70,8 @@ def backends(predictor, folder, threads, int8):
         out["onnxruntime int8 (QDQ)"] = ort_session(int8, threads)
     try:
         out["openvino fp32"] = openvino_model(folder / "segmenter.onnx", threads)
+        if cpu_has_bf16():  # OpenVINO runs bf16 only on CPUs with bf16 units
+            out["openvino bf16"] = openvino_model(folder / "segmenter.onnx", threads, "bf16")
     except ImportError:
         pass
     return out
@@ -90,7 +94,7 @@ def main():
     a = ap.parse_args()
     import platform
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+          f"cpu capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_bf16()}")
     predictor = Predictor.load(a.checkpoint, "cpu")
     cfg = make_config("cpu")
     val_photos, val_labels = split_pairs(cfg, "val")
