@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -79,6 +80,23 @@ def test_executed_notebooks_carry_no_absolute_path(tmp_path, monkeypatch, synthe
     for leak in (str(REPO), str(tmp_path), os.environ["METERSEG_CACHE"], "/tmp/", "/work/", "/home/"):
         assert leak not in text, leak
     assert "synthetic" in text and "<outside the repo>" in text
+
+
+def test_a_file_of_the_checkout_is_named_relative_to_it(tmp_path, monkeypatch):
+    """A warning that names a file of the checkout (.venv's tqdm, say) reaches the executed notebook without the checkout's path."""
+    import papermill
+    from meterseg.config import REPO
+
+    def execute(src, dst, **kw):
+        nb = json.loads(Path(src).read_text())
+        nb["metadata"]["papermill"] = {}
+        nb["cells"][0]["outputs"] = [{"output_type": "stream", "name": "stderr", "text": f"{REPO}/.venv/lib/x.py:21: Warning\n"}]
+        Path(dst).write_text(json.dumps(nb))
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(notebook, "train_all", lambda *a, **k: None)
+    notebook.run_notebooks(["01_data_exploration"], "smoke", str(tmp_path / "res"), seeds=1)
+    text = (tmp_path / "res" / "notebooks" / "01_data_exploration.ipynb").read_text()
+    assert str(REPO) not in text and ".venv/lib/x.py:21: Warning" in text
 
 
 def test_a_relative_data_folder_reaches_the_notebooks(tmp_path, monkeypatch, synthetic):

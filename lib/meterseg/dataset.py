@@ -91,7 +91,7 @@ def load_dataset(root, size, cache_dir=None, progress=False):
         for e in ds["errors"]:
             warnings.warn(f"skipped: {e}", stacklevel=2)
         return ds
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto: in a kernel without ipywidgets it warns, naming its own absolute path
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # PIL decodes without the GIL
         jobs = pool.map(_load_pair, [(s, p, l, size) for s, p, l in pairs])
         out = list(tqdm(jobs, total=len(pairs), desc=f"decode {root.name}@{size}", disable=not progress))

@@ -30,7 +30,7 @@ def fetch_upstream(dest, base_url=None, sums_file=UPSTREAM_SUMS, progress=True):
     base_url = base_url or os.environ.get("METERSEG_DATA_URL", UPSTREAM_URL)
     dest = Path(dest)
     entries = [line.split(None, 1) for line in Path(sums_file).read_text().splitlines() if line.strip()]
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto: in a kernel without ipywidgets it warns, naming its own absolute path
     failed = []
     for i, (digest, rel) in enumerate(tqdm(entries, desc="fetch", disable=not progress)):
         rel = rel.strip().lstrip("*").removeprefix("./")

@@ -55,7 +55,8 @@ def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
                                 cwd=REPO / "notebooks", progress_bar=False)
             nb = json.loads(dst.read_text())  # papermill records where it read and wrote: as the repo sees it
             nb["metadata"]["papermill"].update(input_path=shown(src), output_path=shown(dst))
-            dst.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+            text = json.dumps(nb, indent=1, ensure_ascii=False) + "\n"  # a warning's file, say, as the repo sees it
+            dst.write_text(text.replace(json.dumps(str(REPO) + "/")[1:-1], ""))
             times[name] = round(time.time() - t, 1)
             print(f"[study] {name}: {times[name]:.0f} s", flush=True)
     finally:
