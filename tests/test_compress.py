@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import SAMPLE, meterseg, tree_hashes
 from meterseg import analysis, jpegcrop, pipeline, runner as C, stores
 from meterseg.config import CROP_MARGIN
-from meterseg.tool import CropRule
+from meterseg.card import CropRule
 from meterseg.geometry import gap_box, gap_to_mask, grow_box, region_box
 from meterseg.photos import DataError
 from meterseg.predictor import Predictor

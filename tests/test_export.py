@@ -17,7 +17,8 @@ from meterseg.ownreader import CRNN, OwnReader, to_strip
 from meterseg.pipeline import load, quad, segment
 from meterseg.predictor import Predictor, cpu_has_bf16
 from meterseg.recognisers import OnnxCRNN
-from meterseg.tool import AcceptRule, CheckpointError, load_reader, load_tool
+from meterseg.card import AcceptRule, CheckpointError
+from meterseg.tool import load_reader, load_tool
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from meterseg.cli import main; sys.exit(main(sys.argv[1:]))"
 

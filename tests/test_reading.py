@@ -13,7 +13,8 @@ from meterseg.photos import billing_reading, half_turned_wheels, label_readings,
 from meterseg.predictor import Predictor
 from meterseg.reading_eval import digit_accuracy
 from meterseg.runner import compress
-from meterseg.tool import AcceptRule, Tool, load_reader
+from meterseg.card import AcceptRule
+from meterseg.tool import Tool, load_reader
 
 
 def read_manifest(path):

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import SAMPLE
 from meterseg import analysis, pipeline, reading_eval
-from meterseg.tool import CropRule
+from meterseg.card import CropRule
 
 
 def test_upper_error_matches_the_binomial_tail():

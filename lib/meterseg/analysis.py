@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from .card import CropRule
 from .geometry import grow_box, region_box
 from .pipeline import crop, crop_box, encode, load, region, segment
-from .tool import CropRule
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 PROBABILITIES = (0.5, 0.1, 0.03, 0.01)  # box thresholds the crop rule may use: lower ones grow the box where the model is unsure

@@ -7,9 +7,20 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .card import CheckpointError
 from .models import build_model
 from .stores import atomic_write
-from .tool import CheckpointError, _torch_load
+
+
+def torch_load(path):
+    """A checkpoint's dict, loaded with weights_only; an error naming the file when it is not a meterseg checkpoint."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for code, RuntimeError/EOFError for junk
+        raise CheckpointError(f"{path}: refused: not a plain weights checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ck, dict) or "state_dict" not in ck or "config" not in ck:
+        raise CheckpointError(f"{path}: not a meterseg checkpoint (needs state_dict and config)")
+    return ck
 
 
 def save_checkpoint(path, state):
@@ -34,7 +45,7 @@ def load_model(path, expect=None, device="cpu"):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    ck = _torch_load(path)
+    ck = torch_load(path)
     cfg = json.loads(ck["config"])
     for k, v in (expect or {}).items():
         if cfg.get(k) != json.loads(json.dumps(v)):  # as stored: tuples become lists

@@ -8,7 +8,8 @@ from pathlib import Path
 from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
 from .photos import DataError
 from .pipeline import READ_FIELDS
-from .tool import READERS, CheckpointError
+from .card import CheckpointError
+from .tool import READERS
 
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .checkpoint import load_model
+from .card import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, CropRule
+from .checkpoint import load_model, torch_load
 from .config import REPO
 from .recognisers import HEIGHT, WIDTH
-from .tool import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, _torch_load, CropRule
 
 UPSTREAM = {"name": "water-meters", "source": "github.com/iaoqian/water_meter_recognition", "folder": "WaterMeterDataset",
             "commit": "53bdd22a3b91f18ed4f8140757368fe6ee44ecb7", "licence": "MIT (the repository's; no separate "
@@ -101,7 +101,7 @@ def export(checkpoint, out, summary=None):
         raise CheckpointError(f"{out}: already exists; export writes a new folder and never replaces one")
     checkpoint = Path(checkpoint)
     model, cfg = load_model(checkpoint)
-    ck = _torch_load(checkpoint)
+    ck = torch_load(checkpoint)
     summary = summary if summary is not None else find_summary(checkpoint, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))

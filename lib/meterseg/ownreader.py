@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .card import accept_rule
 from .geometry import rectify
 from .photos import billing_reading, half_turned_wheels, label_readings, open_photo, read_label, to_rgb
 from .recognisers import BETWEEN, BLANK, DIGITS, greedy_decode, strip_input
@@ -117,7 +118,6 @@ class OwnReader:
 
     @classmethod
     def from_state(cls, state):
-        from .tool import accept_rule
         model = CRNN(state["width"])
         model.load_state_dict(state["state_dict"])
         return cls(model, accept_rule(state.get("accept")))

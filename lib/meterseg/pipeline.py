@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .card import CropRule
 from .geometry import fit_quad, gap_box, gap_to_mask, grow_box, rectify
 from .jpegcrop import lossless_crop, lossless_method
 from .photos import error_status, model_view, open_photo, to_rgb
 from .recognisers import DIGITS, Read
-from .tool import CropRule
 
 SOURCE_FIELDS = ["source", "status", "bytes_in", "mtime_ns", "etag", "sha256"]  # what the resume rule keys on
 CORNERS = [f"{a}{i}" for i in range(4) for a in "xy"]  # the read quad's corners in photo pixels

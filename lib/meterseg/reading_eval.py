@@ -202,7 +202,7 @@ def choose_accept_rule(reads, target=TARGET_ERROR, half_turned=0.5):
     """The accept rule with the most readings 'ok' among those whose 'ok' readings' error (billing rule) has a
     one-sided 95 % upper bound at most `target`, over a grid of digit-confidence floors, vote agreements and
     whether a half-turned wheel goes to review. (AcceptRule, the table of every rule tried)."""
-    from .tool import AcceptRule
+    from .card import AcceptRule
     c = reads["min_digit_confidence"]
     floors = sorted({0.0, *c[c <= c.median()]})  # every floor that changes what is accepted, up to half
     five = (reads["reading"].str.len() == DIGITS) & (reads["confidence"] >= MIN_CONFIDENCE)  # else unreadable

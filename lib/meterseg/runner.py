@@ -164,7 +164,8 @@ def run(job, model, inputs, out, options, engine="local", workers=None, ray_addr
         raise ValueError(f"unknown engine {engine!r}: expected one of {ENGINES}")
     if job == "compress" and options.get("fmt", "lossless") not in FORMATS:
         raise ValueError(f"unknown format {options['fmt']!r}: expected one of {FORMATS}")
-    from .tool import CheckpointError, Tool
+    from .card import CheckpointError
+    from .tool import Tool
     if isinstance(model, Tool) and engine != "local":
         raise ValueError("a loaded Tool runs on the local engine only; give Ray the checkpoint or exported folder")
     if not isinstance(model, Tool) and not Path(model).exists():
