@@ -1,3 +1,4 @@
+import ast
 import json
 import os
 from pathlib import Path
@@ -5,6 +6,7 @@ from pathlib import Path
 import torch
 
 from meterseg import notebook, ship, study, tables
+from meterseg.config import REPO
 
 
 def test_study_runs_are_the_tables_runs_once_each():
@@ -180,3 +182,31 @@ def test_seed_table_against_statistics_and_the_length_check_footnote(tmp_path):
     assert "converged at 20 epochs" in tables.length_note(tmp_path)
     md = tables.write_table(tables.seed_table(runs), "t", tmp_path, title="T").read_text()
     assert "| AttU | 3 | 31-40 |" in md and md.rstrip().endswith("converged at 20 epochs.")
+
+
+def one_call_cells(nb):
+    """The code cells of a notebook that are not, past their imports, one library call (its value maybe
+    bound to names) whose arguments are names, attributes or constants: the notebooks hold no logic."""
+    bad = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code" or "parameters" in cell["metadata"].get("tags", []):
+            continue
+        body = [s for s in ast.parse("".join(cell["source"])).body if not isinstance(s, (ast.Import, ast.ImportFrom))]
+        call = body[0].value if len(body) == 1 and isinstance(body[0], (ast.Expr, ast.Assign)) else None
+        plain = (ast.Name, ast.Attribute, ast.Constant)
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                and all(isinstance(a, plain) for a in call.args + [k.value for k in call.keywords])):
+            bad.append("".join(cell["source"]))
+    return bad
+
+
+def test_each_notebook_cell_is_one_library_call():
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) == 6
+    for path in notebooks:
+        assert one_call_cells(json.loads(path.read_text())) == [], path.name
+    # the check itself: a cell with logic in it is caught
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "source": ["card = dataset.data_card(root)\n", "card.describe()"]},
+                    {"cell_type": "code", "metadata": {}, "source": ["figures.save(figures.examples(card), results, 'x')"]},
+                    {"cell_type": "code", "metadata": {}, "source": ["reports.examples(profile, results, DATA)"]}]}
+    assert len(one_call_cells(nb)) == 2
