@@ -63,8 +63,7 @@ def test_onnx_agrees_with_torch(shipped, photos):
     """Segmenter: logit gaps within 1e-3 and the same boxes and corners (to 0.5 px) on every photo;
     reader: log-probabilities within 1e-4 on random strips. Both paths run fp32 here."""
     ck, folder = shipped
-    theirs, ours = Predictor.load(ck, "cpu"), load_tool(folder).segmenter
-    theirs.bf16 = False  # the reference: fp32 on any CPU
+    theirs, ours = Predictor.load(ck, "cpu", cpu_bf16=False), load_tool(folder).segmenter  # the reference: fp32 on any CPU
     loaded = [load(p.name, p.read_bytes(), 64) for p in sorted(photos.glob("train*.jpg"))]
     a, b = theirs.gaps(np.stack([p.pixels for p in loaded])), ours.gaps(np.stack([p.pixels for p in loaded]))
     assert np.abs(a - b).max() < 1e-3
@@ -153,3 +152,5 @@ def test_bf16_only_where_the_cpu_has_bf16_units(tmp_path, smoke_run, monkeypatch
         assert np.abs(got - ref).max() < 0.5 and not np.array_equal(got, ref)
     else:
         assert np.array_equal(got, ref)
+    study = Predictor.load(smoke_run[0] / "best.pt", "cpu", cpu_bf16=False)  # the notebooks' analyses: fp32 on every CPU
+    assert study.bf16 is False and np.array_equal(study.gaps(x), ref)

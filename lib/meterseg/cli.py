@@ -4,13 +4,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-
+from .card import CheckpointError
 from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
 from .photos import DataError
 from .pipeline import READ_FIELDS
-from .card import CheckpointError
 from .tool import READERS
-
 
 
 def choices():
@@ -22,6 +20,7 @@ def choices():
     except ImportError:  # train, predict, evaluate and study need the study's extras (make setup)
         return {"profile": sorted(PROFILES)}
     return {"profile": sorted(PROFILES), "model": MODELS, "loss": LOSSES, "schedule": SCHEDULES}
+
 
 HELP = {"gates": "gate positions from the deepest skip, e.g. 1,2", "data": "dataset folder, or 'synthetic'",
         "max_photos": "cap on training photos (0 = all)", "device": "auto, cpu, cuda, cuda:1 ..."}

@@ -45,20 +45,21 @@ def to_input(images_uint8, device):
 class Predictor:
     """A model ready for inference, with the input size it was trained at and the device it runs on."""
 
-    def __init__(self, model, cfg, device="cpu"):
+    def __init__(self, model, cfg, device="cpu", cpu_bf16=True):
         self.model, self.cfg, self.device = model, cfg, torch.device(device)
         self.size = cfg["size"]
         self.crop_rule = CropRule.of(cfg)  # compress's: notebook 05 stores the one validation chose
-        # the tool's path (gaps): bf16 on a GPU and on CPUs with bf16 units, else fp32; the study's (logit_gaps): fp32 on CPUs
-        self.bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
+        # gaps: bf16 on a GPU, and on a CPU with bf16 units unless cpu_bf16 is False (the study's analyses: their
+        # figures must not depend on the CPU); else fp32. logit_gaps (training's evaluation): fp32 on every CPU.
+        self.bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_bf16 and cpu_has_bf16())
         self.backend = f"torch {'bf16' if self.bf16 else 'fp32'} {self.device}"
 
     @classmethod
-    def load(cls, checkpoint, device="auto", expect=None):
+    def load(cls, checkpoint, device="auto", expect=None, cpu_bf16=True):
         """From a checkpoint file (see checkpoint.load_model for what is refused)."""
         device = pick_device(device)
         model, cfg = load_model(checkpoint, expect, device)
-        return cls(model, cfg, device)
+        return cls(model, cfg, device, cpu_bf16)
 
     @torch.no_grad()
     def logit_gaps(self, images_uint8, batch=16):

@@ -28,7 +28,8 @@ def _card(profile, data):
 
 
 def _shipped(results):
-    return Predictor.load(Path(results) / "models" / "attunet.pt", "cpu")
+    """The shipped segmenter in fp32 on any CPU, so that notebooks 05 and 06 give the same figures on every CPU."""
+    return Predictor.load(Path(results) / "models" / "attunet.pt", "cpu", cpu_bf16=False)
 
 
 # 01_data_exploration
@@ -142,8 +143,8 @@ def _fig3(profile, results, seeds, data):
     photos, labels = study.test_pairs(profile, data)
     by_stem = {p.stem: (p, l) for p, l in zip(photos, labels)}
     picks = study.fig3_picks(results, profile, seeds, k=2)
-    models = {"U-Net": Predictor.load(study.run_checkpoint(results, profile, seeds[0], model="unet"), "cpu"),
-              "AttU": Predictor.load(study.run_checkpoint(results, profile, seeds[0]), "cpu")}
+    models = {"U-Net": Predictor.load(study.run_checkpoint(results, profile, seeds[0], model="unet"), "cpu", cpu_bf16=False),
+              "AttU": Predictor.load(study.run_checkpoint(results, profile, seeds[0]), "cpu", cpu_bf16=False)}
     notes = [f"AttU - U-Net over {len(seeds)} seeds: {100 * d:+.1f} pts; masks: seed {seeds[0]}" for _, d in picks]
     return [by_stem[s] for s, _ in picks], notes, models
 
