@@ -123,14 +123,19 @@ def verdict(acc, own=None):
                f"quad {pct(own, WAYS[3])}, stored crop {pct(own, WAYS[4])}."))
 
 
-def train_own_reader(cfg, predictor, photos=None, labels=None, epochs=20, jitter=8.0, copies=3, seed=0):
+READER_EPOCHS = {"smoke": 3}  # the CRNN's epochs by profile (else 20): smoke only checks that notebook 06 runs, and
+# its CRNNs learn nothing from the synthetic strips in 20 epochs either (every fold "fails" and is retried)
+
+
+def train_own_reader(cfg, predictor, photos=None, labels=None, epochs=None, jitter=8.0, copies=3, seed=0):
     """Our CRNN trained on rectified labelled quads of the train split (or of the photos given), every photo
     with its billing reading as the target, each also with `copies` copies whose corners are jittered by
-    `jitter` px, like predicted corners; its epoch picked on the validation split as the tool sees it
-    (predicted quads): (OwnReader, history DataFrame)."""
+    `jitter` px, like predicted corners, for `epochs` (READER_EPOCHS); its epoch picked on the validation split
+    as the tool sees it (predicted quads): (OwnReader, history DataFrame)."""
     from .dataset import split_pairs
     from .ownreader import OwnReader, labelled_strips, train_reader
     photos, labels = (photos, labels) if photos is not None else split_pairs(cfg, "train")
+    epochs = epochs or READER_EPOCHS.get(cfg.profile, 20)
     x, ys = labelled_strips(photos, labels, jitter=jitter, copies=copies, seed=seed)
     vp, vl = split_pairs(cfg, "val")
     xv, yv = labelled_strips(vp, vl, quads=[photo_quad(predictor, p)[0] for p in vp])
