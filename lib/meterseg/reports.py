@@ -22,11 +22,6 @@ def _csv(df, results, name, **kw):
     df.to_csv(Path(results) / "tables" / name, **kw)
 
 
-def _card(profile, data):
-    root = dataset.resolve_data(make_config(profile, data=data))
-    return root, dataset.data_card(root, dataset.split_file(root))
-
-
 def _shipped(results):
     """The shipped segmenter in fp32 on any CPU, so that notebooks 05 and 06 give the same figures on every CPU."""
     return Predictor.load(Path(results) / "models" / "attunet.pt", "cpu", cpu_bf16=False)
@@ -34,39 +29,43 @@ def _shipped(results):
 
 # 01_data_exploration
 
+def _root(profile, data):
+    return dataset.resolve_data(make_config(profile, data=data))
+
+
 def data_card(profile, results, data=""):
-    """tables/data_card.csv, the photos that cannot be used, and the card's statistics."""
-    root, card = _card(profile, data)
+    """tables/data_card.csv, the photos that cannot be used, and the card's statistics; the card, for the next cells."""
+    root = _root(profile, data)
+    card = dataset.data_card(root, dataset.split_file(root))
     _csv(card, results, "data_card.csv", index=False)
     bad = card[card["error"] != ""]
     print(f"{root.name}: {len(card)} labelled photos ({len(bad)} unusable), {len(dataset.unlabelled_photos(root))} unlabelled photos")
     for e in bad["error"]:
         print("  ", e)
     display(card.describe().round(4))
+    return card
 
 
-def photo_sizes(profile, results, data=""):
+def photo_sizes(card, results):
     """Photo sizes and bytes."""
-    figures.save(figures.photo_sizes(_card(profile, data)[1]), results, "01_sizes_bytes")
+    figures.save(figures.photo_sizes(card), results, "01_sizes_bytes")
 
 
-def region_share(profile, results, data=""):
+def region_share(card, results):
     """The region's share of the photo, and how many labels list two readings."""
-    card = _card(profile, data)[1]
     figures.save(figures.region_share(card), results, "01_mask_share")
     print("photos with several candidate readings (a wheel caught half-turned):", int((card["n_readings"] > 1).sum()))
 
 
-def examples(profile, results, data=""):
+def examples(card, profile, results, data=""):
     """Example photos with their labelled quads and readings."""
-    root, card = _card(profile, data)
-    figures.save(figures.examples(card, {s: (p, l) for s, p, l in dataset.find_pairs(root)}), results, "01_examples")
+    pairs = {s: (p, l) for s, p, l in dataset.find_pairs(_root(profile, data))}
+    figures.save(figures.examples(card, pairs), results, "01_examples")
 
 
-def split_summary(profile, data=""):
+def split_summary(card, profile, data=""):
     """Where the split lives, and photos, bytes and region share per part."""
-    root, card = _card(profile, data)
-    print(f"split file: {shown(dataset.split_file(root))}")
+    print(f"split file: {shown(dataset.split_file(_root(profile, data)))}")
     display(dataset.split_summary(card))
 
 
@@ -122,9 +121,10 @@ def comparisons(profile, results, seeds):
     """Seed-level statistics of every pair the paper compares: tables/comparisons.csv and .md, per-seed differences."""
     comp = tables.comparisons(results, profile, seeds)
     _csv(comp, results, "comparisons.csv", index=False)
-    (Path(results) / "tables" / "comparisons.md").write_text(tables.comparisons_markdown(comp))
+    md = tables.comparisons_markdown(comp)
+    (Path(results) / "tables" / "comparisons.md").write_text(md)
     figures.save(figures.per_seed_differences(comp), results, "04_per_seed_differences")
-    display(Markdown(tables.comparisons_markdown(comp)))
+    display(Markdown(md))
 
 
 def row_learning_curves(profile, results, seeds):
@@ -231,8 +231,7 @@ def baselines(test, results):
 
 def unlabelled_compress(profile, results, data=""):
     """`compress` over the unlabelled photos, as a user runs it: tables/05_unlabelled_manifest.csv and its summary."""
-    root = dataset.resolve_data(make_config(profile, data=data))
-    rows, summary = analysis.compress_summary(_shipped(results), dataset.unlabelled_photos(root)[0].parent)
+    rows, summary = analysis.compress_summary(_shipped(results), dataset.unlabelled_photos(_root(profile, data))[0].parent)
     _csv(rows, results, "05_unlabelled_manifest.csv", index=False)
     display(summary)
 
