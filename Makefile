@@ -22,4 +22,4 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
-	METERSEG_PROFILE=smoke METERSEG_RESULTS=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks
+	METERSEG_PROFILE=smoke METERSEG_SEEDS=2 METERSEG_RESULTS=$$(mktemp -d) $(BIN)/python -m pytest --nbval-lax -p no:cacheprovider notebooks

@@ -249,7 +249,7 @@ def test_own_reader_learns_a_few_strips():
         strips.append(ownreader.to_strip(np.asarray(im)))
     x = __import__("torch").stack(strips)
     tokens = [[int(c) for c in y] for y in ys]
-    model, history = ownreader.train_reader(x.repeat(8, 1, 1, 1), tokens * 8, x, tokens, epochs=40, batch=16, lr=3e-3)
+    model, history = ownreader.train_reader(x.repeat(8, 1, 1, 1), tokens * 8, x, tokens, epochs=25, batch=16, lr=3e-3)
     assert history[-1][1] < history[0][1] / 3
     assert max(e for _, _, e in history) >= 0.75
 

@@ -47,7 +47,7 @@ class Config:
 
 PROFILES = {
     # seconds: synthetic photos, a tiny net
-    "smoke": dict(data="synthetic", size=64, base=8, epochs=15),
+    "smoke": dict(data="synthetic", size=64, base=8, epochs=8),
     # the default: real photos, sized for a 2-core CPU (see README for how it differs from the paper)
     "cpu": dict(),
     # the paper's Sec. IV-B settings; GPU work

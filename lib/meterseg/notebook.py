@@ -11,9 +11,11 @@ from .study import record, train_all
 _STARTED = {}  # notebook name -> when its setup ran, for its provenance record
 
 
-def setup(name, profile="", results="", seeds=5):
-    """A notebook's first call: (profile, results folder, seed list) from its parameters, printed."""
+def setup(name, profile="", results="", seeds=0):
+    """A notebook's first call: (profile, results folder, seed list) from its parameters, printed.
+    seeds 0: $METERSEG_SEEDS, else 5 (`make test` runs the notebooks with 2)."""
     profile, results = results_dir(profile, results)
+    seeds = seeds or int(os.environ.get("METERSEG_SEEDS") or 5)
     _STARTED[name] = time.time()
     print(f"{name}: profile {profile}, seeds {list(range(seeds))}, results in {shown(results)}")
     return profile, results, list(range(seeds))

@@ -124,7 +124,8 @@ def verdict(acc, own=None):
 
 
 READER_EPOCHS = {"smoke": 3}  # the CRNN's epochs by profile (else 20): smoke only checks that notebook 06 runs, and
-# its CRNNs learn nothing from the synthetic strips in 20 epochs either (every fold "fails" and is retried)
+# its CRNNs learn nothing from the synthetic strips in 20 epochs either
+FOLD_RETRIES = {"smoke": 0}  # retries of a failed fold CRNN by profile (else 2): under smoke every fold "fails"
 
 
 def train_own_reader(cfg, predictor, photos=None, labels=None, epochs=None, jitter=8.0, copies=3, seed=0):
@@ -156,16 +157,17 @@ def tool_reads(predictor, reader, photos, labels):
 FAILED_FOLD = 0.5  # a fold CRNN under this best validation exact (one read) failed to train: retrained, next seed
 
 
-def out_of_fold_reads(cfg, predictor, folds=5, seed=0, retries=2):
+def out_of_fold_reads(cfg, predictor, folds=5, seed=0, retries=None):
     """The tool's reads of every train photo by a CRNN that did not train on it (folds CRNNs, each trained
     as train_own_reader on the other folds): what the accept rule is chosen on, since 106 validation
     photos are too few for a 1 % error rate. The segmenter did train on these photos, so their quads
     are better than unseen photos' (the rule is then checked on validation). A fold CRNN whose best
     validation exact is under FAILED_FOLD failed to train (CTC can stall) and would not stand for the
-    shipped reader: it is trained again with the next seed, up to `retries` times. Returns (reads,
+    shipped reader: it is trained again with the next seed, up to `retries` (FOLD_RETRIES) times. Returns (reads,
     one row per CRNN trained: fold, seed, best validation exact, used)."""
     from .dataset import split_pairs
     photos, labels = split_pairs(cfg, "train")
+    retries = FOLD_RETRIES.get(cfg.profile, 2) if retries is None else retries
     fold = np.random.default_rng(seed).permutation(len(photos)) % folds
     parts, trained = [], []
     for k in range(folds):
