@@ -3,6 +3,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from meterseg import notebook, ship, study, tables
@@ -71,6 +72,19 @@ def test_one_rule_for_the_results_folder(monkeypatch, tmp_path):
     assert results_dir("smoke") == ("smoke", tmp_path)
     monkeypatch.setenv("METERSEG_PROFILE", "smoke")
     assert results_dir("", "") == ("smoke", tmp_path)
+
+
+def test_notebook_seeds_come_from_the_parameter_then_the_environment(tmp_path, monkeypatch, capsys):
+    """SEEDS = 0 in a notebook: $METERSEG_SEEDS (make test's nbval sets 2), else 5; a bad value is named."""
+    monkeypatch.delenv("METERSEG_SEEDS", raising=False)
+    assert notebook.setup("x", "smoke", str(tmp_path))[2] == [0, 1, 2, 3, 4]
+    monkeypatch.setenv("METERSEG_SEEDS", "2")
+    assert notebook.setup("x", "smoke", str(tmp_path))[2] == [0, 1]
+    assert notebook.setup("x", "smoke", str(tmp_path), 3)[2] == [0, 1, 2]  # the parameter wins
+    for bad in ("two", "0", "-1"):
+        monkeypatch.setenv("METERSEG_SEEDS", bad)
+        with pytest.raises(ValueError, match=f"METERSEG_SEEDS='{bad}'"):
+            notebook.setup("x", "smoke", str(tmp_path))
 
 
 def test_executed_notebooks_carry_no_absolute_path(tmp_path, monkeypatch, synthetic):

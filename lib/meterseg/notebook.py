@@ -15,7 +15,11 @@ def setup(name, profile="", results="", seeds=0):
     """A notebook's first call: (profile, results folder, seed list) from its parameters, printed.
     seeds 0: $METERSEG_SEEDS, else 5 (`make test` runs the notebooks with 2)."""
     profile, results = results_dir(profile, results)
-    seeds = seeds or int(os.environ.get("METERSEG_SEEDS") or 5)
+    if not seeds:
+        seeds = os.environ.get("METERSEG_SEEDS") or "5"
+        if not seeds.isdigit() or int(seeds) < 1:
+            raise ValueError(f"METERSEG_SEEDS={seeds!r}: expected a number of seeds, 1 or more")
+        seeds = int(seeds)
     _STARTED[name] = time.time()
     print(f"{name}: profile {profile}, seeds {list(range(seeds))}, results in {shown(results)}")
     return profile, results, list(range(seeds))
