@@ -74,7 +74,7 @@ def test_one_rule_for_the_results_folder(monkeypatch, tmp_path):
     assert results_dir("", "") == ("smoke", tmp_path)
 
 
-def test_notebook_seeds_come_from_the_parameter_then_the_environment(tmp_path, monkeypatch, capsys):
+def test_notebook_seeds_come_from_the_parameter_then_the_environment(tmp_path, monkeypatch):
     """SEEDS = 0 in a notebook: $METERSEG_SEEDS (make test's nbval sets 2), else 5; a bad value is named."""
     monkeypatch.delenv("METERSEG_SEEDS", raising=False)
     assert notebook.setup("x", "smoke", str(tmp_path))[2] == [0, 1, 2, 3, 4]
