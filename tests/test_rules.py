@@ -20,9 +20,12 @@ def test_upper_error_matches_the_binomial_tail():
     assert reading_eval.upper_error(0, 0) == 1.0
 
 
-def reads_frame(rows):
+def reads_frame(rows, gross=()):
+    """Scored reads from (reading, confidence, agreement, half_turn, right); the rows numbered in `gross` are more
+    than one unit off."""
     return pd.DataFrame([{"reading": r, "confidence": c, "min_digit_confidence": c, "agreement": a, "half_turn": nd,
-                          "exact_billing": ok, "exact_any": ok, "half_turned_truth": ""} for r, c, a, nd, ok in rows])
+                          "exact_billing": ok, "exact_any": ok, "gross": i in gross, "half_turned_truth": ""}
+                         for i, (r, c, a, nd, ok) in enumerate(rows)])
 
 
 def test_choose_accept_rule_keeps_the_most_readings_its_bound_allows():
@@ -38,6 +41,19 @@ def test_choose_accept_rule_keeps_the_most_readings_its_bound_allows():
     assert reading_eval.upper_error(1, 601) <= 0.01 < reading_eval.upper_error(2, 602)
     assert got["ok"] == 601 and got["ok_wrong"] == 1 and table["chosen"].sum() == 1
     assert rule.min_digit_confidence == reads.loc[~reads["exact_billing"] & (reads["reading"].str.len() == 5), "confidence"].max()
+
+
+def test_choose_accept_rule_never_accepts_a_gross_error():
+    """The bound alone would let in one wrong reading among 601; that one is 100 units off, so the floor must
+    rise above its confidence."""
+    rng = np.random.default_rng(1)
+    conf = rng.uniform(0.9, 1.0, 600)
+    rows = [("12345", float(c), 1.0, "0;0;0;0;0", True) for c in conf] + [("12445", 0.92, 1.0, "0;0;0;0;0", False)]
+    reads = reads_frame(rows, gross={600})
+    rule, table = reading_eval.choose_accept_rule(reads)
+    got = reading_eval.accepted(reads, rule)
+    assert got["ok_gross"] == 0 and got["ok"] == int((conf > 0.92).sum())
+    assert reading_eval.accepted(reads_frame(rows), reading_eval.choose_accept_rule(reads_frame(rows))[0])["ok"] == 601
 
 
 def test_choose_accept_rule_says_when_nothing_meets_the_target():

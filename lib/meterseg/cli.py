@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, read, review, export, study, fetch}; it parses arguments and calls the library."""
+"""Command line: meterseg {train, predict, evaluate, compress, read, review, export, study, fetch, sheets}; it parses arguments and calls the library."""
 import argparse
 import dataclasses
 import sys
@@ -180,6 +180,17 @@ def cmd_study(a):
     return 0
 
 
+def cmd_sheets(a):
+    from .dataset import find_data
+    from .sheets import draw_sheets
+    root = find_data(a.data or None)
+    stems = (Path(a.stems).read_text().split() if a.stems
+             else sorted(p.stem for p in (root / "train_labels" / "labels").glob("*.txt")))
+    paths = draw_sheets(root, stems, a.out, a.rows, a.shuffle)
+    print(f"{a.out}: {len(paths)} sheets of {len(stems)} photos, index.csv")
+    return 0
+
+
 def build_parser():
     from .pipeline import FORMATS
     p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
@@ -252,6 +263,14 @@ def build_parser():
                     "recipe (e.g. lr=6e-3,epochs=20) keeps the profile's quality (README, Protocol); tables/recipe_check.csv")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)
+
+    sh = sub.add_parser("sheets", help="draw label sheets for annotating billing readings by eye (docs/labelling.md)")
+    sh.add_argument("--data", default="", help="dataset folder (default: $METERSEG_DATA)")
+    sh.add_argument("--out", required=True, help="a new folder for the sheets and index.csv")
+    sh.add_argument("--stems", help="a file of photo names (train_N) to draw, whitespace-separated (default: every labelled photo)")
+    sh.add_argument("--rows", type=int, default=12, help="photos per sheet")
+    sh.add_argument("--shuffle", type=int, metavar="SEED", help="shuffle the photos (a second pass)")
+    sh.set_defaults(func=cmd_sheets)
 
     f = sub.add_parser("fetch", help="download the upstream photos at the pinned commit and verify SHA-256")
     f.add_argument("--dest")

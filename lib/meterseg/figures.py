@@ -251,7 +251,7 @@ def examples(card, pairs):
 
 
 def reading_examples(study, photos, labels, predictor, n=6):
-    """The tool's wrong readings (billing rule): its rectified strip beside the labelled quad's, with both readings and its status."""
+    """The tool's wrong readings (billing, ambiguity accepted): its rectified strip beside the labelled quad's, with both readings and its status."""
     from .photos import read_label
     from .geometry import rectify
     from .reading_eval import WAYS, photo_quad
@@ -265,7 +265,7 @@ def reading_examples(study, photos, labels, predictor, n=6):
         quad, image = photo_quad(predictor, photo)
         orig = (image.shape[1], image.shape[0])
         truth_row = study[(study["image"] == r["image"]) & (study["way"] == WAYS[2])].iloc[0]
-        for ax, q, title in ((row[0], quad, f"{r['image']} tool: '{r['reading']}' ({r['status']}; billing {r['billing']})"),
+        for ax, q, title in ((row[0], quad, f"{r['image']} tool: '{r['reading']}' ({r['status']}; billing {r['billing']}, {r['state']})"),
                              (row[1], np.array(read_label(label, orig)), f"labelled quad: '{truth_row['reading']}'")):
             ax.axis("off")
             ax.set_title(title, fontsize=7)
@@ -277,14 +277,19 @@ def reading_examples(study, photos, labels, predictor, n=6):
 
 def risk_coverage(curves, rule_points):
     """Accuracy of accepted readings against the share accepted, one curve per split (reading_eval.risk_coverage),
-    and each split's point at the shipped accept rule ({split: (coverage %, accuracy %)})."""
+    a cross where a gross error (more than one unit off) is first accepted, and each split's point at the shipped
+    accept rule ({split: (coverage %, accuracy %)})."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, c in curves.items():
-        ax.plot(c["coverage_pct"], c["accuracy_pct"], label=name)
+        line, = ax.plot(c["coverage_pct"], c["accuracy_pct"], label=name)
+        first = c[c["gross"] > 0].head(1)
+        if len(first):
+            ax.plot(first["coverage_pct"], first["accuracy_pct"], "x", color=line.get_color(), ms=9,
+                    label=f"{name}: first gross error accepted ({first['coverage_pct'].iloc[0]:.1f} % ok)")
     for name, (cov, acc) in rule_points.items():
         ax.plot([cov], [acc], "*", ms=12, label=f"{name}: the accept rule ({cov:.1f} % ok, {acc:.1f} % right)")
     ax.axhline(99, color="k", ls=":", lw=0.8)
-    ax.set(xlabel="readings accepted (ok) %", ylabel="accepted readings right (billing rule) %", ylim=(85, 100.5),
+    ax.set(xlabel="readings accepted (ok) %", ylabel="accepted readings right (billing) %", ylim=(85, 100.5),
            title="risk and coverage: accepting by the lowest digit confidence")
     ax.legend(fontsize=7)
     return fig

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from .card import accept_rule
 from .geometry import rectify
-from .photos import billing_reading, half_turned_wheels, label_readings, open_photo, read_label, to_rgb
-from .recognisers import BETWEEN, BLANK, DIGITS, greedy_decode, strip_input
+from .labels import truth_of, turning_wheels
+from .photos import open_photo, read_label, to_rgb
+from .recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):
@@ -36,22 +37,23 @@ def to_strip(image):
     return torch.from_numpy(strip_input(image))
 
 
-def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
-    """(strips (N,1,H,W), targets) of the photos: per wheel its billing digit d (photos.billing_reading: a
-    half-turned wheel at the digit it is leaving), or BETWEEN + d where the label has the wheel half-turned.
+def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, truths=None):
+    """(strips (N,1,H,W), targets) of the photos: per wheel its billing digit d (labels.truth_of: the billing
+    labels, else upstream's lower candidate), or BETWEEN + d where the wheel is caught leaving d (turning_wheels; greedy_decode's carry rule turns
+    a wheel caught leaving d before a 0 back into d + 1).
 
-    quads: the corners to rectify (default: the labelled ones). jitter, copies: also add `copies`
-    strips per photo from corners moved by Gaussian noise of `jitter` pixels, so the reader
-    learns the imprecise corners a predicted region gives.
+    quads: the corners to rectify (default: the labelled ones). truths: the Truth of each photo (default: its
+    label's). jitter, copies: also add `copies` strips per photo from corners moved by Gaussian noise of `jitter`
+    pixels, so the reader learns the imprecise corners a predicted region gives.
     """
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for k, (photo, label) in enumerate(zip(photos, labels)):
-        cands = label_readings(label)
-        target, half = billing_reading(cands), half_turned_wheels(cands)
+        truth = truth_of(label) if truths is None else truths[k]
+        target, tops = truth.billing, turning_wheels(truth)
         if len(target) != DIGITS or (quads is not None and quads[k] is None):
             continue  # a label without a 5-digit reading, or no region found
-        tokens = [int(d) + (BETWEEN if i + 1 in half else 0) for i, d in enumerate(target)]
+        tokens = [BETWEEN + tops[i + 1] if i + 1 in tops else int(d) for i, d in enumerate(target)]
         image = np.asarray(to_rgb(open_photo(photo), photo))
         quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
         for c in range(1 + copies):
@@ -71,7 +73,7 @@ def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, cli
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
     targets = [torch.tensor(y) for y in ys]
-    ys_val = ["".join(str(c % BETWEEN) for c in y) for y in ys_val]  # the digits a read gives
+    ys_val = [billed([c % BETWEEN for c in y], [c >= BETWEEN for c in y]) for y in ys_val]  # the reading a read gives
     g = torch.Generator().manual_seed(seed)
     best, best_state, history = -1.0, None, []
     for epoch in range(epochs):

@@ -33,11 +33,13 @@ def strip_input(image):
 
 def greedy_decode(logp):
     """Best path of (T, 21) log-probabilities as a Read. A wheel's digit is its class mod 10 (a half-turned
-    wheel is read as the digit it is leaving); its confidence the highest probability of that digit, shown
-    or half-turned, over the steps that emit it; its half_turn the highest probability of it half-turned."""
+    wheel is read as the digit it is leaving), except that a half-turned wheel whose right-hand neighbour reads 0
+    has passed and counts its next digit (a carry: the wheel to the right decides); its confidence the highest
+    probability of that digit, shown or half-turned, over the steps that emit it; its half_turn the highest
+    probability of it half-turned."""
     probs = np.exp(np.asarray(logp, dtype=np.float64))
     best = probs.argmax(-1).tolist()
-    out, conf, half, prev = [], [], [], BLANK
+    out, conf, half, turning, prev = [], [], [], [], BLANK
     for t, k in enumerate(best):
         if k == BLANK:
             prev = k
@@ -47,12 +49,23 @@ def greedy_decode(logp):
         if k == prev:  # the same class held over another step
             conf[-1], half[-1] = max(conf[-1], c), max(half[-1], h)
         else:
-            out.append(str(d))
+            out.append(d)
             conf.append(c)
             half.append(h)
+            turning.append(k >= BETWEEN)
         prev = k
     conf, half = tuple(round(float(c), 4) for c in conf), tuple(round(float(u), 4) for u in half)
-    return Read("".join(out), float(np.mean(conf)) if conf else 0.0, conf, half)
+    return Read(billed(out, turning), float(np.mean(conf)) if conf else 0.0, conf, half)
+
+
+def billed(digits, turning):
+    """The billing reading of wheels, each its digit (the one it is leaving where turning), except that a turning
+    wheel whose right-hand neighbour bills 0 has passed and counts its next digit: a carry."""
+    out = list(digits)
+    for i in range(len(out) - 2, -1, -1):  # right to left, so that a carry runs on through wheels at 9
+        if turning[i] and out[i + 1] == 0:
+            out[i] = (out[i] + 1) % 10
+    return "".join(map(str, out))
 
 
 class RapidReader:

@@ -265,7 +265,7 @@ def train_own_reader(profile, results, data=""):
     """Our CRNN on every train photo (reading_eval.train_own_reader): (OwnReader, history)."""
     own, history = reading_eval.train_own_reader(make_config(profile, data=data), _shipped(results))
     best = history.loc[history["val_exact"].idxmax()]
-    print(f"own CRNN: best validation exact (billing rule; predicted quads, one read) {best['val_exact']:.3f} at epoch {int(best['epoch'])}")
+    print(f"own CRNN: best validation exact (billing; predicted quads, one read) {best['val_exact']:.3f} at epoch {int(best['epoch'])}")
     return own, history
 
 
@@ -295,7 +295,7 @@ def accept_rule(oof, results):
     rule, rule_table = reading_eval.choose_accept_rule(oof, half_turned=half_turned)
     _csv(rule_table.round(4), results, "06_accept_rules.csv", index=False)
     print(rule)
-    fit = rule_table["chosen"] | (rule_table["upper_error"] <= reading_eval.TARGET_ERROR)
+    fit = rule_table["chosen"] | ((rule_table["upper_error"] <= reading_eval.TARGET_ERROR) & (rule_table["gross"] == 0))
     display(rule_table[fit].sort_values("coverage", ascending=False).head(8).round(4))
     return rule, rule_table
 
@@ -340,7 +340,7 @@ def corner_errors(found):
 
 
 def failures(own_found, profile, results, data=""):
-    """The tool's wrong test readings (billing rule), lowest confidence first, listed and drawn."""
+    """The tool's wrong test readings (billing, ambiguity accepted), lowest confidence first, listed and drawn."""
     photos, labels = study.test_pairs(profile, data)
     display(reading_eval.failures(own_found))
     fig = figures.reading_examples(own_found, photos, labels, _shipped(results))
