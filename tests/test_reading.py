@@ -272,8 +272,8 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     own = ownreader.OwnReader(ownreader.CRNN())
     history = pd.DataFrame([(1, 2.0, 0.5), (2, 1.0, 0.75)], columns=["epoch", "ctc_loss", "val_exact"])
     rule = AcceptRule(0.93, 7 / 9, 0.2, True)
-    table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "upper_error": 0.0213}])
-    nothing_ok = pd.DataFrame([{"chosen": True, "photos": 40, "ok": 0, "coverage": 0.0, "wrong": 0, "upper_error": 1.0}])
+    table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
+    nothing_ok = pd.DataFrame([{"chosen": True, "photos": 40, "ok": 0, "coverage": 0.0, "wrong": 0, "gross": 0, "upper_error": 1.0}])
     ship.reader(tmp_path, own, history, rule, nothing_ok)  # smoke data: no reading accepted (CI failed here)
     assert "accepts 0 of 40 (0.0 %)" in (tmp_path / "models" / "README.md").read_text()
     for _ in range(2):  # a rerun of notebook 06 replaces the reader, it does not pile up

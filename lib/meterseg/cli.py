@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, read, review, export, study, fetch, sheets}; it parses arguments and calls the library."""
+"""Command line: meterseg {train, predict, evaluate, compress, read, review, export, study, fetch, sheets, labels}; it parses arguments and calls the library."""
 import argparse
 import dataclasses
 import sys
@@ -191,6 +191,23 @@ def cmd_sheets(a):
     return 0
 
 
+def cmd_labels(a):
+    from .dataset import find_data
+    from .labels import agreement, changes, read_annotations, read_billing_labels, write_billing_labels
+    first = read_annotations(a.annotations)
+    if a.second:
+        got = agreement(first, read_annotations(a.second))
+        print(f"second pass: {got['photos']} photos; same billing {got['same_billing']}, same accepted readings "
+              f"{got['same_accepted']}, same state {got['same_state']}; billing differs: {' '.join(got['billing_differs']) or 'none'}")
+    if a.out:
+        n = write_billing_labels(first, find_data(a.data or None), a.out)
+        print(f"{a.out}: {n} billing labels")
+        for state, (photos, changed, rejected) in changes(read_billing_labels(a.out)).items():
+            print(f"  {state}: {photos} photos, {changed} billed unlike upstream's lower candidate "
+                  f"({rejected} where that candidate is not accepted)")
+    return 0
+
+
 def build_parser():
     from .pipeline import FORMATS
     p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
@@ -271,6 +288,13 @@ def build_parser():
     sh.add_argument("--rows", type=int, default=12, help="photos per sheet")
     sh.add_argument("--shuffle", type=int, metavar="SEED", help="shuffle the photos (a second pass)")
     sh.set_defaults(func=cmd_sheets)
+
+    lb = sub.add_parser("labels", help="billing labels from annotators' CSVs (docs/labelling.md), and a second pass's agreement")
+    lb.add_argument("annotations", nargs="+", help="first-pass CSVs: stem,billing,also_ok,state[,note]")
+    lb.add_argument("--second", nargs="*", default=[], help="second-pass CSVs, compared with the first")
+    lb.add_argument("--data", default="", help="dataset folder, for upstream's candidates (default: $METERSEG_DATA)")
+    lb.add_argument("--out", help="a new billing-labels CSV to write (e.g. data/labels/water-meters-billing.csv)")
+    lb.set_defaults(func=cmd_labels)
 
     f = sub.add_parser("fetch", help="download the upstream photos at the pinned commit and verify SHA-256")
     f.add_argument("--dest")

@@ -91,3 +91,58 @@ def units_off(reading, truth):
     if not (len(reading) == 5 and reading.isdigit()):
         return None
     return min(abs(int(reading) - int(r)) for r in truth.accepted)
+
+
+def read_annotations(paths):
+    """{stem: (billing, also_ok, state)} of annotators' CSVs (stem, billing, also_ok, state[, note]), checked;
+    a stem annotated twice is an error."""
+    table = {}
+    for path in map(Path, paths):
+        with open(path, newline="", encoding="utf-8") as f:
+            for line, r in enumerate(csv.DictReader(f), start=2):
+                where = f"{path}, line {line}"
+                if r.get("state") not in STATES:
+                    raise DataError(f"{where}: unknown state {r.get('state')!r}; expected one of {STATES}")
+                if r["stem"] in table:
+                    raise DataError(f"{where}: {r['stem']} is annotated twice")
+                table[r["stem"]] = (_five(r["billing"], where), r["also_ok"] and _five(r["also_ok"], where), r["state"])
+    return table
+
+
+def write_billing_labels(annotations, root, out):
+    """Write the billing-labels CSV `out` (FIELDS) from read_annotations' table and the upstream label of each
+    photo in the dataset folder `root`; an existing file is never replaced. Returns the rows' count."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: exists; billing labels are written to a new file")
+    rows = [{"stem": stem, "billing": b, "also_ok": a, "state": s,
+             "upstream": " ".join(label_readings(Path(root) / "train_labels" / "labels" / f"{stem}.txt"))}
+            for stem, (b, a, s) in sorted(annotations.items(), key=lambda kv: (len(kv[0]), kv[0]))]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return len(rows)
+
+
+def agreement(first, second):
+    """Of the photos in both annotation tables: how many, and on how many the two give the same billing reading,
+    the same accepted readings (billing and also_ok) and the same state; the photos whose billing differs."""
+    both = sorted(set(first) & set(second), key=lambda s: (len(s), s))
+    accepted = {s: ({first[s][0], first[s][1]} - {""}, {second[s][0], second[s][1]} - {""}) for s in both}
+    return {"photos": len(both), "same_billing": sum(first[s][0] == second[s][0] for s in both),
+            "same_accepted": sum(a == b for a, b in accepted.values()),
+            "same_state": sum(first[s][2] == second[s][2] for s in both),
+            "billing_differs": [s for s in both if first[s][0] != second[s][0]]}
+
+
+def changes(labels):
+    """{state: (photos, billed unlike upstream's lower-candidate rule, of those not accepted either)} of a
+    billing-labels table: how many photos our labels move, and how many the old truth scored wrong outright."""
+    out = {}
+    for t in labels.values():
+        old = billing_reading(list(t.candidates))
+        n, changed, rejected = out.get(t.state, (0, 0, 0))
+        out[t.state] = (n + 1, changed + (old != t.billing), rejected + (old not in t.accepted))
+    return {s: out[s] for s in STATES if s in out}
