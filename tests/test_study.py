@@ -225,3 +225,16 @@ def test_each_notebook_cell_is_one_library_call():
                     {"cell_type": "code", "metadata": {}, "source": ["figures.save(figures.examples(card), results, 'x')"]},
                     {"cell_type": "code", "metadata": {}, "source": ["reports.examples(profile, results, DATA)"]}]}
     assert len(one_call_cells(nb)) == 2
+
+
+def test_only_the_notebooks_that_read_every_run_train_them(tmp_path, monkeypatch):
+    """`meterseg study 06_reading` reruns one notebook on the shipped model; 02-04 need every run, so they train."""
+    import papermill
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda src, dst, **kw: Path(dst).write_text(json.dumps({"metadata": {"papermill": {}}})))
+    monkeypatch.setattr(notebook, "train_all", lambda *a, **k: calls.append(a))
+    notebook.run_notebooks(["01_data_exploration", "06_reading"], "smoke", str(tmp_path / "res"), seeds=1)
+    assert calls == []
+    notebook.run_notebooks(["03_ablations"], "smoke", str(tmp_path / "res"), seeds=1)
+    assert len(calls) == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 from .config import REPO, results_dir, shown
 from .study import record, train_all
 
+TRAINING = ("02_training", "03_ablations", "04_comparison")  # the notebooks that read every run; the others, the shipped model
 _STARTED = {}  # notebook name -> when its setup ran, for its provenance record
 
 
@@ -31,7 +32,7 @@ def finish(name, profile, results):
 
 
 def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
-    """Train every run (train_all), then execute notebooks/<name>.ipynb with papermill into
+    """Train every run (train_all) when a notebook of TRAINING is among names, then execute notebooks/<name>.ipynb with papermill into
     <results>/notebooks/, recording wall times.
 
     Paths reach the notebooks relative to the repository where they can (a folder outside it
@@ -41,8 +42,9 @@ def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
     profile, results = results_dir(profile, results)
     (results / "notebooks").mkdir(parents=True, exist_ok=True)
     times, t0 = {}, time.time()
-    train_all(results, profile, list(range(seeds)), data, jobs)
-    times["train_all"] = round(time.time() - t0, 1)
+    if set(names) & set(TRAINING):
+        train_all(results, profile, list(range(seeds)), data, jobs)
+        times["train_all"] = round(time.time() - t0, 1)
     inside = not shown(results).startswith("<")
     env = {"METERSEG_RESULTS": str(results)} if not inside else {}
     if os.environ.get("METERSEG_DATA"):  # the kernels run in notebooks/: a relative folder must not move
