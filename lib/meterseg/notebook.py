@@ -5,6 +5,7 @@ import os
 import time
 from pathlib import Path
 
+from . import summary
 from .config import REPO, results_dir, shown
 from .study import record, train_all
 
@@ -27,8 +28,11 @@ def setup(name, profile="", results="", seeds=0):
 
 
 def finish(name, profile, results):
-    """A notebook's last call: its commit, profile and wall time since setup into results/provenance.json."""
-    return record(results, name, profile, time.time() - _STARTED[name])
+    """A notebook's last call: its commit, profile and wall time since setup into results/provenance.json, and
+    results/README.md written again from the tables as they now are."""
+    done = record(results, name, profile, time.time() - _STARTED[name])
+    summary.write(results)
+    return done
 
 
 def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
@@ -74,5 +78,6 @@ def run_notebooks(names, profile, results="", data="", seeds=5, jobs=None):
     every = sorted(p.stem for p in (REPO / "notebooks").glob("[0-9]*.ipynb"))
     record(results, "study" if sorted(names) == every else "study: " + ", ".join(names), profile, total,
            notebook_seconds=times)
+    summary.write(results)
     print(f"[study] total {total / 60:.1f} min; executed notebooks in {shown(results / 'notebooks')}")
     return times

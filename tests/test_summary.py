@@ -1,0 +1,43 @@
+"""results/README.md is written from the tables, and the README quotes it, not memory."""
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from meterseg import summary
+from meterseg.config import REPO
+
+
+def test_the_results_readme_is_read_from_the_tables(tmp_path):
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame([{"table": "table3", "a": "U-Net", "b": "AttU", "seeds": "5/5", "diff_of_seed_means": -0.067,
+                   "welch_ci95_lo": -0.209, "welch_ci95_hi": 0.074, "verdict_seeds": "equivalent within +-0.5 points"}]
+                 ).to_csv(tmp_path / "tables" / "comparisons.csv", index=False)
+    (tmp_path / "provenance.json").write_text(json.dumps({"03_ablations": {"git_commit": "abcdef123", "profile": "cpu",
+                                                                            "wall_seconds": 90.0, "finished": "2026-12-01T00:00:00"}}))
+    text = summary.write(tmp_path).read_text()
+    assert "| Attention gates help (Table III) | +1.77 | -0.07 [-0.21, +0.07], 5/5 seeds | equivalent within +-0.5 points |" in text
+    assert "| 03_ablations | `abcdef1` | cpu | 1.5 min | 2026-12-01 |" in text
+    assert "Storage" not in text  # no table of notebook 05 yet: nothing said about it
+
+
+def _claims(text):
+    start = text.index("| claim | paper | measured | verdict |")
+    return [line for line in text[start:].splitlines() if line.startswith("|")][2:]
+
+
+def test_the_readme_quotes_the_committed_results():
+    """Each claim row of README.md is the row results/README.md has, as the study last wrote it."""
+    ours = _claims((REPO / "README.md").read_text(encoding="utf-8"))
+    theirs = _claims((REPO / "results" / "README.md").read_text(encoding="utf-8"))
+    assert ours and ours == theirs[: len(ours)] and len(ours) == len(theirs)
+
+
+def test_no_figure_of_the_readme_is_without_its_table():
+    """The README's reading figures (xx.x %) each appear in results/README.md."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    results = (REPO / "results" / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## The answer"): readme.index("## Two commands")]
+    for figure in re.findall(r"\d+\.\d %", section):
+        assert figure in results, figure
