@@ -69,7 +69,7 @@ def main():
     a = ap.parse_args()
     import fsspec
     import torch
-    from meterseg.runner import compress
+    from meterseg.tool.runner import compress
 
     tmp = Path(tempfile.mkdtemp(prefix="meterseg-bench-"))
     server = s3_server()

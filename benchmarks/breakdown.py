@@ -54,9 +54,9 @@ def profile_training_step(base, size, steps=5):
 def profile_compress(n=40, checkpoint=REPO / "results" / "models" / "attunet.pt"):
     """What each stage of compress (pipeline.py) costs a photo, one thread, from the torch checkpoint and its export."""
     import tempfile
-    from meterseg import pipeline
+    from meterseg.tool import pipeline
     from meterseg.export import export
-    from meterseg.tool import load_tool
+    from meterseg.tool.model import load_tool
     torch.set_num_threads(1)
     photos = unlabelled_photos(find_data())[:n]
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,8 +23,8 @@ from meterseg.dataset import find_data, unlabelled_photos
 def compressor(checkpoint, exported, workers):
     """compress(src, out) -> rows, with the model loaded once, for this checkout's API or the one before it."""
     try:
-        from meterseg.runner import compress
-        from meterseg.tool import load_tool
+        from meterseg.tool.runner import compress
+        from meterseg.tool.model import load_tool
     except ImportError:  # before the one-pipeline change: compress.compress(predictor, ...)
         from meterseg.compress import compress as old
         from meterseg.predictor import Predictor

@@ -17,10 +17,10 @@ import torch
 from meterseg.config import REPO, make_config
 from meterseg.dataset import split_pairs
 from meterseg.export import export
-from meterseg.geometry import gap_box, gap_to_mask, grow_box
-from meterseg.photos import load_photo, truth_mask
+from meterseg.tool.geometry import gap_box, gap_to_mask, grow_box
+from meterseg.tool.photos import load_photo, truth_mask
 from meterseg.predictor import Predictor, cpu_has_bf16
-from meterseg.tool import load_tool
+from meterseg.tool.model import load_tool
 
 
 def batch_of(photos, size):

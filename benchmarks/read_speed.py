@@ -14,8 +14,8 @@ import numpy as np
 from meterseg.config import REPO, make_config
 from meterseg.dataset import split_pairs
 from meterseg.export import export
-from meterseg.pipeline import load, quad, read_quad, segment
-from meterseg.tool import load_tool
+from meterseg.tool.pipeline import load, quad, read_quad, segment
+from meterseg.tool.model import load_tool
 
 
 def main():

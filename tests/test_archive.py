@@ -9,10 +9,10 @@ import time
 import pytest
 
 from conftest import SAMPLE
-from meterseg import runner as archive
-from meterseg.photos import DataError
-from meterseg.pipeline import READ_FIELDS
-from meterseg.stores import PARTS, parse_rows as parse_manifest, rows_csv
+from meterseg.tool import runner as archive
+from meterseg.tool.photos import DataError
+from meterseg.tool.pipeline import READ_FIELDS
+from meterseg.tool.stores import PARTS, parse_rows as parse_manifest, rows_csv
 
 pytest.importorskip("s3fs")
 PHOTOS = sorted(SAMPLE.rglob("*.jpg"))
@@ -168,7 +168,7 @@ def test_a_killed_run_reruns_without_redoing_what_was_done(s3, bucket, smoke_run
     for k in range(8):  # more photos, one per shard, so the kill lands mid-run
         for p in PHOTOS:
             s3.pipe_file(f"{bucket}/in/more-{k}/{p.name}", p.read_bytes())
-    code = ("import sys; from meterseg.runner import compress; "
+    code = ("import sys; from meterseg.tool.runner import compress; "
             "compress(sys.argv[1], sys.argv[2], sys.argv[3], shard=1, workers=1, progress=False)")
     args = [sys.executable, "-c", code, str(smoke_run[0] / "best.pt"), f"s3://{bucket}/in", f"s3://{bucket}/out"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

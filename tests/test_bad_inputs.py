@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import meterseg
 from conftest import tree_hashes as hashes
 from meterseg import config, dataset
-from meterseg.runner import compress
+from meterseg.tool.runner import compress
 
 
 def _bomb(path):
@@ -182,6 +182,6 @@ def test_unwritable_output(tmp_path, good_dir, smoke_run):
 
 def test_an_error_status_is_one_line_and_bounded():
     """Every failed row (compress manifest, read CSV, both engines) states its error the same way."""
-    from meterseg.photos import error_status
+    from meterseg.tool.photos import error_status
     s = error_status(ValueError("a.jpg: bad\r\nsecond line " + "x" * 1000))
     assert s.startswith("error: a.jpg: bad second line x") and "\n" not in s and "\r" not in s and len(s) == 400

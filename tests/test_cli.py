@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import meterseg
-from meterseg import photos
+from meterseg.tool import photos
 from meterseg.cli import build_parser
 from meterseg.config import Config, make_config
 

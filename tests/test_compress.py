@@ -15,13 +15,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import SAMPLE, meterseg, tree_hashes
-from meterseg import analysis, jpegcrop, pipeline, runner as C, stores
+from meterseg import analysis
+from meterseg.tool import jpegcrop, pipeline, runner as C, stores
 from meterseg.config import CROP_MARGIN
-from meterseg.card import CropRule
-from meterseg.geometry import gap_box, gap_to_mask, grow_box, region_box
-from meterseg.photos import DataError
+from meterseg.tool.card import CropRule
+from meterseg.tool.geometry import gap_box, gap_to_mask, grow_box, region_box
+from meterseg.tool.photos import DataError
 from meterseg.predictor import Predictor
-from meterseg.tool import Tool
+from meterseg.tool.model import Tool
 
 LOCK = "manifest.csv.lock"
 

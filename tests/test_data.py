@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from meterseg import config, dataset, fetch, photos
+from meterseg import config, dataset, fetch
+from meterseg.tool import photos
 
 
 def shoelace(corners):

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import SAMPLE
-from meterseg import runner, stores
+from meterseg.tool import runner, stores
 from meterseg.export import export
 from meterseg.ownreader import CRNN, OwnReader, to_strip
-from meterseg.pipeline import load, quad, segment
+from meterseg.tool.pipeline import load, quad, segment
 from meterseg.predictor import Predictor, cpu_has_bf16
-from meterseg.recognisers import OnnxCRNN
-from meterseg.card import AcceptRule, CheckpointError
-from meterseg.tool import load_reader, load_tool
+from meterseg.tool.recognisers import OnnxCRNN
+from meterseg.tool.card import AcceptRule, CheckpointError
+from meterseg.tool.model import load_reader, load_tool
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None; from meterseg.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -154,3 +154,19 @@ def test_bf16_only_where_the_cpu_has_bf16_units(tmp_path, smoke_run, monkeypatch
         assert np.array_equal(got, ref)
     study = Predictor.load(smoke_run[0] / "best.pt", "cpu", cpu_bf16=False)  # the notebooks' analyses: fp32 on every CPU
     assert study.bf16 is False and np.array_equal(study.gaps(x), ref)
+
+
+def test_every_tool_module_imports_with_torch_blocked():
+    """Each module of meterseg.tool imports in a process where `import torch` fails (what a `pip install .`
+    machine has); the study's modules are outside the subpackage."""
+    import pkgutil
+    import subprocess
+    import sys
+    import meterseg.tool
+    names = [m.name for m in pkgutil.iter_modules(meterseg.tool.__path__)]
+    assert {"model", "pipeline", "runner", "review", "card", "photos"} <= set(names)
+    code = ("import sys, importlib; sys.modules['torch'] = None; "
+            f"[importlib.import_module('meterseg.tool.' + n) for n in {names!r}]; "
+            "assert 'torch' not in [m for m in sys.modules if sys.modules[m] is not None]")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

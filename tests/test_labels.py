@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from meterseg.labels import BILLING_LABELS, FIELDS, Truth, read_billing_labels, truth_of, turning_wheels, units_off
-from meterseg.photos import DataError
-from meterseg.recognisers import BETWEEN, BLANK, billed, greedy_decode
+from meterseg.tool.photos import DataError
+from meterseg.tool.recognisers import BETWEEN, BLANK, billed, greedy_decode
 
 from conftest import SAMPLE
 

@@ -8,13 +8,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import SAMPLE, meterseg, tree_hashes
-from meterseg import geometry, pipeline, recognisers, runner, stores
-from meterseg.photos import billing_reading, half_turned_wheels, label_readings, polygon_mask, read_label
+from meterseg.tool import geometry, pipeline, recognisers, runner, stores
+from meterseg.tool.photos import billing_reading, half_turned_wheels, label_readings, polygon_mask, read_label
 from meterseg.predictor import Predictor
 from meterseg.reading_eval import digit_accuracy
-from meterseg.runner import compress
-from meterseg.card import AcceptRule
-from meterseg.tool import Tool, load_reader
+from meterseg.tool.runner import compress
+from meterseg.tool.card import AcceptRule
+from meterseg.tool.model import Tool, load_reader
 
 
 def read_manifest(path):
@@ -220,7 +220,7 @@ def test_compress_read_reads_as_read_does(tmp_path, smoke_run, synthetic):
 
 def test_greedy_ctc_decode_by_hand():
     import torch
-    from meterseg.recognisers import BETWEEN, BLANK, greedy_decode
+    from meterseg.tool.recognisers import BETWEEN, BLANK, greedy_decode
     steps = [3, 3, BLANK, 3, 0, BLANK, BLANK, 7]  # repeats merge, a blank splits them
     logp = torch.full((len(steps), BLANK + 1), -20.0)
     logp[torch.arange(len(steps)), torch.tensor(steps)] = 0.0

@@ -11,16 +11,16 @@ import urllib.request
 import pytest
 
 from conftest import SAMPLE, meterseg, tree_hashes
-from meterseg.pipeline import READ_FIELDS
-from meterseg.photos import DataError
-from meterseg.review import apply_corrections, write_page
+from meterseg.tool.pipeline import READ_FIELDS
+from meterseg.tool.photos import DataError
+from meterseg.tool.review import apply_corrections, write_page
 
 EVIL = '"><img src=x onerror=alert(1)>.jpg'
 
 
 def readings_csv(folder, rows):
     """A readings CSV as `meterseg read` writes it, of (source, status, reading) with corners on the labelled quad."""
-    from meterseg.photos import read_label
+    from meterseg.tool.photos import read_label
     path = folder / "readings.csv"
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=READ_FIELDS)
@@ -64,7 +64,7 @@ def test_the_page_is_self_contained_escaped_and_puts_doubtful_rows_first(table, 
     shown = [html.unescape(s) for s in re.findall(r'data-source="([^"]*)"', page)]
     assert shown == [rows[i][0] for i in (1, 2, 3, 4, 0)]  # review, unreadable, no_region, error; then ok
     assert page.index("data-source=\"" + rows[0][0]) > page.index("The rest")
-    from meterseg.review import short_name  # a long path shows folder and name, the whole of it on hover
+    from meterseg.tool.review import short_name  # a long path shows folder and name, the whole of it on hover
     assert short_name("/srv/archive/site-a/2026/m.jpg") == "2026/m.jpg" and short_name("s3://b/p/m.jpg") == "p/m.jpg"
     with pytest.raises(DataError, match="already exists"):
         write_page(path, tmp_path / "review.html", photos=tmp_path)

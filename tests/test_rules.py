@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import SAMPLE
-from meterseg import analysis, pipeline, reading_eval
-from meterseg.card import CropRule
+from meterseg import analysis, reading_eval
+from meterseg.tool import pipeline
+from meterseg.tool.card import CropRule
 
 
 def test_upper_error_matches_the_binomial_tail():

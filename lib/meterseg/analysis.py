@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .card import CropRule
-from .geometry import grow_box, region_box
-from .pipeline import crop, crop_box, encode, load, region, segment
+from .tool.card import CropRule
+from .tool.geometry import grow_box, region_box
+from .tool.pipeline import crop, crop_box, encode, load, region, segment
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 PROBABILITIES = (0.5, 0.1, 0.03, 0.01)  # box thresholds the crop rule may use: lower ones grow the box where the model is unsure
@@ -235,8 +235,8 @@ def archive_table(crops, rule, photos=1_000_000):
 def compress_summary(predictor, folder, margin=None):
     """Run compress over a folder into a throw-away output (margin None: the model's own, as compress
     uses): (manifest rows as a DataFrame, summary dict)."""
-    from .runner import compress
-    from .tool import Tool
+    from .tool.runner import compress
+    from .tool.model import Tool
     with tempfile.TemporaryDirectory() as tmp:
         rows = pd.DataFrame(compress(Tool(predictor), folder, tmp, margin, progress=False))
     ok = rows[rows["status"] == "ok"]

@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .card import CheckpointError
+from .tool.card import CheckpointError
 from .models import build_model
-from .stores import atomic_write
+from .tool.stores import atomic_write
 
 
 def torch_load(path):

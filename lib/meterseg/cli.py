@@ -4,11 +4,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .card import CheckpointError
+from .tool.card import CheckpointError
 from .config import CROP_MARGIN, DEFAULT_PROFILE, PROFILES, REPO, Config
-from .photos import DataError
-from .pipeline import READ_FIELDS
-from .tool import READERS
+from .tool.photos import DataError
+from .tool.pipeline import READ_FIELDS
+from .tool.model import READERS
 
 
 def choices():
@@ -81,7 +81,7 @@ def cmd_evaluate(a):
 def tool_for(a, reading):
     """The model for compress/read: loaded here for the local engine (where --device applies), else its path
     for the Ray actors to load (where --workers and --device would be ignored, so they are refused)."""
-    from .tool import load_tool
+    from .tool.model import load_tool
     if a.engine == "ray":
         given = [f"--{k}" for k, default in (("workers", None), ("device", "auto")) if getattr(a, k) != default]
         if given:
@@ -92,7 +92,7 @@ def tool_for(a, reading):
 
 
 def cmd_compress(a):
-    from .runner import compress
+    from .tool.runner import compress
     rows = compress(tool_for(a, a.read), a.in_dir, a.out_dir, a.margin, a.format, a.quality, a.read, a.reader,
                     engine=a.engine, workers=a.workers, ray_address=a.ray_address, actors=a.actors)
     ok = [r for r in rows if r["status"] == "ok"]
@@ -108,7 +108,7 @@ def cmd_compress(a):
 
 def add_engine_args(parser):
     """--engine, --workers, --device, --ray-address, --actors: the same for compress and read."""
-    from .runner import ENGINES
+    from .tool.runner import ENGINES
     parser.add_argument("--engine", default="local", choices=ENGINES,
                         help="local: threads of this process; ray: Ray Data, one model per actor (IN/OUT may be URLs with either)")
     parser.add_argument("--workers", type=int, help="local engine: threads, each running the model on one core (default: one per core)")
@@ -123,8 +123,8 @@ MODEL_HELP = "a checkpoint (.pt, needs torch) or a folder written by `meterseg e
 
 
 def cmd_read(a):
-    from .runner import read
-    from .stores import is_url
+    from .tool.runner import read
+    from .tool.stores import is_url
     one = len(a.photos) == 1 and (is_url(a.photos[0]) or Path(a.photos[0]).is_dir())
     if not one and any(is_url(p) or Path(p).is_dir() for p in a.photos):
         raise DataError("read takes photo files, or one folder or URL prefix (s3://bucket/photos)")
@@ -141,7 +141,7 @@ def cmd_read(a):
 
 
 def cmd_review(a):
-    from .review import apply_corrections, write_page
+    from .tool.review import apply_corrections, write_page
     if a.apply:
         n = apply_corrections(a.apply, a.table, a.out)
         print(f"{a.out}: {n} readings corrected by a person, the rest as the model read them")
@@ -209,7 +209,7 @@ def cmd_labels(a):
 
 
 def build_parser():
-    from .pipeline import FORMATS
+    from .tool.pipeline import FORMATS
     p = argparse.ArgumentParser(prog="meterseg", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 

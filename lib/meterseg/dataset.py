@@ -15,8 +15,8 @@ import torch
 
 from .config import REPO
 from .fetch import LOCAL_COPY, fetch_upstream
-from .photos import PHOTO_EXT, DataError, load_photo, open_photo, truth_mask
-from .stores import atomic_write
+from .tool.photos import PHOTO_EXT, DataError, load_photo, open_photo, truth_mask
+from .tool.stores import atomic_write
 from .synthetic import make_synthetic
 
 CACHE_VERSION = "3"  # bump when decoding, rasterising or what the cache holds changes

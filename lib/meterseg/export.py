@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .card import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, CropRule
+from .tool.card import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, CropRule
 from .checkpoint import load_model, torch_load
 from .config import REPO
-from .recognisers import HEIGHT, WIDTH
+from .tool.recognisers import HEIGHT, WIDTH
 
 UPSTREAM = {"name": "water-meters", "source": "github.com/iaoqian/water_meter_recognition", "folder": "WaterMeterDataset",
             "commit": "53bdd22a3b91f18ed4f8140757368fe6ee44ecb7", "licence": "MIT (the repository's; no separate "
@@ -60,7 +60,7 @@ def find_summary(checkpoint, cfg):
 
 def model_card(ck, cfg, summary, has_reader):
     """What model.json says: input, classes, the crop and accept rules, test metrics, data, use and limits."""
-    from .pipeline import MIN_CONFIDENCE, REFINE_MARGIN, VOTE_JITTER_PX, VOTES
+    from .tool.pipeline import MIN_CONFIDENCE, REFINE_MARGIN, VOTE_JITTER_PX, VOTES
     test = (summary or {}).get("test")
     return {
         "format": "meterseg-export/1",

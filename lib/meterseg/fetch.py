@@ -6,7 +6,7 @@ import urllib.request
 from pathlib import Path
 
 from .config import REPO
-from .photos import DataError
+from .tool.photos import DataError
 
 UPSTREAM_COMMIT = "53bdd22a3b91f18ed4f8140757368fe6ee44ecb7"
 UPSTREAM_URL = f"https://raw.githubusercontent.com/iaoqian/water_meter_recognition/{UPSTREAM_COMMIT}/WaterMeterDataset"

@@ -7,8 +7,8 @@ import torch
 
 from .config import QUALITY_THRESHOLDS
 from .metrics import image_scores
-from .photos import load_photo, truth_mask
-from .geometry import region_box
+from .tool.photos import load_photo, truth_mask
+from .tool.geometry import region_box
 from .predictor import to_input
 
 
@@ -252,8 +252,8 @@ def examples(card, pairs):
 
 def reading_examples(study, photos, labels, predictor, n=6):
     """The tool's wrong readings (billing, ambiguity accepted): its rectified strip beside the labelled quad's, with both readings and its status."""
-    from .photos import read_label
-    from .geometry import rectify
+    from .tool.photos import read_label
+    from .tool.geometry import rectify
     from .reading_eval import WAYS, photo_quad
     wrong = study[(study["way"] == WAYS[3]) & ~study["exact_billing"]].head(n)
     if len(wrong) == 0:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import REPO
-from .photos import DataError, billing_reading, half_turned_wheels, label_readings
+from .tool.photos import DataError, billing_reading, half_turned_wheels, label_readings
 
 BILLING_LABELS = REPO / "data" / "labels" / "water-meters-billing.csv"
 FIELDS = ("stem", "billing", "also_ok", "state", "upstream")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .photos import PHOTO_EXT, DataError, read_mask
-from .stores import atomic_write, rows_csv
+from .tool.photos import PHOTO_EXT, DataError, read_mask
+from .tool.stores import atomic_write, rows_csv
 
 METRICS = ("dice", "jaccard", "precision", "recall", "accuracy")
 

@@ -6,11 +6,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .card import accept_rule
-from .geometry import rectify
+from .tool.card import accept_rule
+from .tool.geometry import rectify
 from .labels import truth_of, turning_wheels
-from .photos import open_photo, read_label, to_rgb
-from .recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input
+from .tool.photos import open_photo, read_label, to_rgb
+from .tool.recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .card import CropRule
+from .tool.card import CropRule
 from .checkpoint import load_model
-from .geometry import gap_to_mask
-from .photos import DataError, load_photo
+from .tool.geometry import gap_to_mask
+from .tool.photos import DataError, load_photo
 
 
 def cpu_has_bf16(cpuinfo="/proc/cpuinfo"):

@@ -9,11 +9,11 @@ import pandas as pd
 from PIL import Image
 from scipy.stats import beta
 
-from .geometry import corner_error
+from .tool.geometry import corner_error
 from .labels import truth_of, turning_wheels, units_off
-from .photos import read_label
-from .recognisers import DIGITS, Read
-from .pipeline import MIN_CONFIDENCE, VOTE_JITTER_PX, VOTES, crop, crop_box, decide, load, quad, read_quad, segment
+from .tool.photos import read_label
+from .tool.recognisers import DIGITS, Read
+from .tool.pipeline import MIN_CONFIDENCE, VOTE_JITTER_PX, VOTES, crop, crop_box, decide, load, quad, read_quad, segment
 
 WAYS = ("whole photo", "box crop (compress)", "rectified labelled quad (ceiling)",
         "rectified predicted quad (the tool)", "stored crop, rectified predicted quad")
@@ -217,7 +217,7 @@ def choose_accept_rule(reads, target=TARGET_ERROR, half_turned=0.5):
     error (billing, ambiguity accepted) whose one-sided 95 % upper bound is at most `target`, over a grid of
     digit-confidence floors, vote agreements and whether a half-turned wheel goes to review. (AcceptRule, the
     table of every rule tried)."""
-    from .card import AcceptRule
+    from .tool.card import AcceptRule
     c = reads["min_digit_confidence"]
     floors = sorted({0.0, *c[c <= c.median()]})  # every floor that changes what is accepted, up to half
     five = (reads["reading"].str.len() == DIGITS) & (reads["confidence"] >= MIN_CONFIDENCE)  # else unreadable

@@ -7,10 +7,10 @@ from IPython.display import Markdown, display
 
 from . import analysis, dataset, figures, reading_eval, ship, stats, study, tables
 from .config import make_config, shown
-from .photos import truth_mask
+from .tool.photos import truth_mask
 from .predictor import Predictor
-from .recognisers import RapidReader
-from .tool import load_reader
+from .tool.recognisers import RapidReader
+from .tool.model import load_reader
 
 TITLES = {"table1": "Table I: loss ablation (AttU, gates 1+2)", "table2": "Table II: gate position (AttU, 0.36(CE+Dice))",
           "table3": "Table III: U-Net vs Attention U-Net",

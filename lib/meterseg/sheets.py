@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .geometry import order_corners, rectify
-from .photos import DataError, label_readings, open_photo, read_label, to_rgb
+from .tool.geometry import order_corners, rectify
+from .tool.photos import DataError, label_readings, open_photo, read_label, to_rgb
 
 STRIP_H, WHEELS_H = 80, 200  # pixels: the whole strip, and its last two wheels enlarged
 PAD = 0.25  # the quad grown by this share of its height above and below, so that a digit half out of the window shows

@@ -17,7 +17,7 @@ from .checkpoint import save_checkpoint
 from .config import PAPER_LOSS_WEIGHT
 from .metrics import METRICS
 from .reading_eval import TARGET_ERROR
-from .stores import atomic_write
+from .tool.stores import atomic_write
 
 DECISIONS = "decisions.json"
 READER = "reader.pt"  # the CRNN notebook 06 ships, beside attunet.pt and out of git (only attunet.pt is committed)

@@ -18,9 +18,9 @@ from .dataset import prepare_data
 from .losses import get_loss
 from .metrics import image_scores, summarize
 from .models import build_model
-from .photos import truth_mask
-from .geometry import gap_to_mask
-from .stores import atomic_write, rows_csv
+from .tool.photos import truth_mask
+from .tool.geometry import gap_to_mask
+from .tool.stores import atomic_write, rows_csv
 from .predictor import Predictor, cpu_has_bf16, pick_device, to_input
 
 

@@ -62,8 +62,8 @@ def load_reader(path, name="auto", threads=1):
             reader.accept = accept_rule(json.loads((path / CARD).read_text(encoding="utf-8")).get("reading", {}).get("accept"))
             return reader
     elif path.is_file():
-        from .checkpoint import torch_load
-        from .ownreader import OwnReader
+        from ..checkpoint import torch_load
+        from ..ownreader import OwnReader
         state = torch_load(path).get("reader")
         if state is not None:
             return OwnReader.from_state(state)
@@ -80,7 +80,7 @@ def load_tool(path, reader=None, device="auto", threads=1):
     if path.is_dir():
         segmenter = OnnxSegmenter(path / SEGMENTER_ONNX, *read_card(path), threads)
     elif path.is_file():
-        from .predictor import Predictor
+        from ..predictor import Predictor
         segmenter = Predictor.load(path, device)
     else:
         raise CheckpointError(f"{path}: no such checkpoint or exported folder")

@@ -48,7 +48,7 @@ class ShardWorker:
     model: a checkpoint file or exported folder, a loaded tool.Tool (local engine), or its files as {name: bytes} (Ray)."""
 
     def __init__(self, model, job, out_url, parts_url, options, threads=1):
-        from .tool import Tool, load_tool
+        from .model import Tool, load_tool
         self.job, self.clashes = job, options.get("clashes", set())
         self.options = {k: v for k, v in options.items() if k not in ("reader", "clashes")}  # the row function's
         self.row, self.fields = JOBS[job]
@@ -165,7 +165,7 @@ def run(job, model, inputs, out, options, engine="local", workers=None, ray_addr
     if job == "compress" and options.get("fmt", "lossless") not in FORMATS:
         raise ValueError(f"unknown format {options['fmt']!r}: expected one of {FORMATS}")
     from .card import CheckpointError
-    from .tool import Tool
+    from .model import Tool
     if isinstance(model, Tool) and engine != "local":
         raise ValueError("a loaded Tool runs on the local engine only; give Ray the checkpoint or exported folder")
     if not isinstance(model, Tool) and not Path(model).exists():

@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import CROP_MARGIN
+from ..config import CROP_MARGIN
 
 CARD = "model.json"
 SEGMENTER_ONNX, READER_ONNX = "segmenter.onnx", "reader.onnx"
