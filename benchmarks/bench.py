@@ -1,4 +1,4 @@
-"""Speed figures for this machine, all measured in one run (issue 5):
+"""Speed figures for this machine, all measured in one run:
 
 - training and inference img/s (batch 8) of our AttU (gates 1+2) and MONAI's AttentionUnet at
   equal widths and size, both memory layouts, and their ratio (peers take turns, best of 7);

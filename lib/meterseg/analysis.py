@@ -15,7 +15,7 @@ from .tool.pipeline import crop, crop_box, encode, load, region, segment
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 PROBABILITIES = (0.5, 0.1, 0.03, 0.01)  # box thresholds the crop rule may use: lower ones grow the box where the model is unsure
-SAFETY = 2.0  # the crop margin is this x the largest one a validation photo needed (README, Protocol)
+SAFETY = 2.0  # the crop margin is this x the largest one a validation photo needed (docs/protocol.md)
 PAPER_SAVING_BYTES = 2e6  # "about 2 MB saved per photo"
 
 

@@ -275,9 +275,9 @@ def build_parser():
     st.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 for every table row")
     st.add_argument("--jobs", type=int, help="runs trained at once (default: one per CPU core, or 1 on a GPU)")
     st.add_argument("--length-check", action="store_true", help="only train the runs that decide the converged "
-                    "length (README, Protocol) and write tables/length_check.csv")
+                    "length (docs/protocol.md) and write tables/length_check.csv")
     st.add_argument("--try-recipe", metavar="FIELD=VALUE,...", help="instead of the length check, whether this cheaper "
-                    "recipe (e.g. lr=6e-3,epochs=20) keeps the profile's quality (README, Protocol); tables/recipe_check.csv")
+                    "recipe (e.g. lr=6e-3,epochs=20) keeps the profile's quality (docs/protocol.md); tables/recipe_check.csv")
     st.add_argument("notebooks", nargs="*", help="notebook names (default: all, in order)")
     st.set_defaults(func=cmd_study)
 

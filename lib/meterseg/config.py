@@ -25,7 +25,7 @@ class Config:
     loss_weight: float = PAPER_LOSS_WEIGHT
     size: int = 128
     base: int = 8
-    epochs: int = 40  # the cpu recipe's length: the length check on validation (README, Protocol)
+    epochs: int = 40  # the cpu recipe's length: the length check on validation (docs/protocol.md)
     batch_size: int = 8
     lr: float = 3e-3  # peak learning rate (the paper: 1e-3 with StepLR)
     weight_decay: float = 1e-9

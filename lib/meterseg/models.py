@@ -101,7 +101,7 @@ class UNet(nn.Module):
 
         From the default (p = 0.5 everywhere) the first steps of cross-entropy are all about the
         ~97 % background pixels; one CE-only seed ended with every region pixel on dead features
-        and a logit gap stuck below 0 (README, Protocol).
+        and a logit gap stuck below 0 (docs/protocol.md).
         """
         self.head.bias.copy_(torch.tensor([0.0, math.log(foreground / (1 - foreground))]))
 

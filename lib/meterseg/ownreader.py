@@ -66,7 +66,7 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, tr
 def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, clip=5.0):
     """Train a CRNN with CTC on class sequences (labelled_strips' targets); keeps the epoch with the best
     validation exact-reading accuracy (billing digits). clip: each step's gradient norm is cut to it (without,
-    some seeds stall on CTC's all-blank plateau; README, Protocol). Returns (model in eval mode, history of
+    some seeds stall on CTC's all-blank plateau; docs/protocol.md). Returns (model in eval mode, history of
     (epoch, loss, val exact))."""
     torch.manual_seed(seed)
     model = CRNN()

@@ -61,7 +61,7 @@ def build(results):
 
 
 # The shipped model's longer training, by profile: the table runs' recipe (the cosine stretched) for the seed
-# whose table run has the best validation Dice. The cpu rows train at their converged length (README, Protocol)
+# whose table run has the best validation Dice. The cpu rows train at their converged length (docs/protocol.md)
 # and ship as they are, like any profile not listed.
 SHIP_EPOCHS = {"smoke": 12}
 

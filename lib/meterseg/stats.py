@@ -67,7 +67,7 @@ def paired_images(a, b, metric="dice", n_boot=10_000, seed=0):
             "images_better": int((d > 0).sum()), "images_worse": int((d < 0).sum()), "n_images": len(d)}
 
 
-EQUIVALENCE_MARGIN = 0.005  # +-0.5 Dice points, fixed in the README's Protocol before the converged runs
+EQUIVALENCE_MARGIN = 0.005  # +-0.5 Dice points, fixed in docs/protocol.md before the converged runs
 
 
 def tost(a, b, margin=EQUIVALENCE_MARGIN, metric="dice"):

@@ -110,7 +110,7 @@ def train_runs(results, profile, specs, data="", jobs=None, name="train_all"):
     return summaries
 
 
-# The converged length (issue 21; README, Protocol, written before these runs): each length is a run of its own,
+# The converged length (docs/protocol.md, written before these runs): each length is a run of its own,
 # its cosine schedule decaying to 0 at that length, so a decayed learning rate cannot pass the rule by itself.
 LENGTHS = (10, 20, 30, 40)
 CONVERGED_GAIN = 0.002  # converged: the run 10 epochs longer gains less best validation Dice than this, seed mean

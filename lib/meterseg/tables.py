@@ -76,7 +76,7 @@ def length_note(results):
     verdict = (f"converged at {int(length.iloc[0])} epochs" if len(length) else
                f"no length tried met the rule (gain < {CONVERGED_GAIN} for both models), so the rows train the longest "
                f"length tried, {t['epochs'].max()} epochs, and may still gain a little")
-    return (f"Length (README, Protocol): independent runs at each length, best validation Dice, mean of seeds "
+    return (f"Length (docs/protocol.md): independent runs at each length, best validation Dice, mean of seeds "
             f"{list(LENGTH_SEEDS)}: {'; '.join(gains)}. The length check: {verdict}.")
 
 

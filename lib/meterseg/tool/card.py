@@ -72,7 +72,7 @@ def read_card(folder):
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
         crop = card["crop"]
-        float(crop["margin"])  # required; an export from before issue 20 has no probability or min_confidence
+        float(crop["margin"])  # required; an older export has no probability or min_confidence
         return int(card["input"]["size"]), CropRule(**{k: float(crop[k]) for k in asdict(CropRule()) if k in crop})
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a valid model card ({type(e).__name__}: {e})") from None

@@ -103,7 +103,7 @@ def order_corners(pts):
 def fit_quad(mask):
     """The 4 corners of the region of a bool (H, W) mask, ordered as order_corners, or None if empty: the
     minimum-area rectangle of its largest connected part (an outline simplified to 4 vertices cut wheels
-    off: README, Protocol, "Quad fit")."""
+    off: docs/protocol.md, "Reading")."""
     import cv2
     m = np.ascontiguousarray(mask, dtype=np.uint8)
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

@@ -30,8 +30,8 @@ STORED = ("ok", "no_region", "uncertain")  # compress's statuses of a photo stor
 FORMATS = ("lossless", "jpeg", "webp", "png")
 EXTENSIONS = {"jpeg": (".jpg", ".jpeg"), "webp": (".webp",), "png": (".png",)}  # first: the one appended
 MIN_CONFIDENCE = 0.5  # rapidocr's own default text score; fixed beforehand, not tuned
-REFINE_MARGIN = 1.0  # second pass on the region's box grown by this; chosen on validation (README, Protocol)
-VOTES = 9  # reads of a predicted quad: itself and 8 copies with jittered corners (README, Protocol)
+REFINE_MARGIN = 1.0  # second pass on the region's box grown by this; chosen on validation (docs/protocol.md)
+VOTES = 9  # reads of a predicted quad: itself and 8 copies with jittered corners (docs/protocol.md)
 VOTE_JITTER_PX = 4.0  # their corners' Gaussian jitter (sd, photo pixels); chosen on validation
 
 
@@ -148,7 +148,7 @@ def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0
     """The Read of the quad of an RGB uint8 image: the quad's own strip read, checked by `votes` - 1 more
     reads of strips whose corners are moved by N(0, jitter) px (predicted corners are off by a few
     pixels). The reading is the quad's own when it has DIGITS digits (one read beat the vote's winner
-    on validation with our CRNN; README, Protocol), else the DIGITS-digit reading of the jittered reads
+    on validation with our CRNN; docs/protocol.md), else the DIGITS-digit reading of the jittered reads
     with the highest summed confidence, else the quad's own as it came. Its agreement is the share of
     all reads that gave it; its digit confidences and half-turn probabilities the means over those."""
     corners = np.asarray(corners, dtype=np.float64)
