@@ -41,3 +41,15 @@ def test_no_figure_of_the_readme_is_without_its_table():
     section = readme[readme.index("## The answer"): readme.index("## Two commands")]
     for figure in re.findall(r"\d+\.\d %", section):
         assert figure in results, figure
+
+
+def test_the_documents_say_what_holds_not_how_it_was_found():
+    """The README stays a front door (at most 200 lines), and no document, module or notebook names a work
+    session or an issue number: that history is in git log."""
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) <= 200
+    files = [REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("data/README.md"), *REPO.glob("results/**/README.md"),
+             *REPO.glob("lib/meterseg/**/*.py"), *REPO.glob("notebooks/*.ipynb"), *REPO.glob("benchmarks/**/*.*")]
+    for path in files:
+        if path.is_file():
+            found = re.findall(r"\b(?:issue|session)s? \d+", path.read_text(encoding="utf-8"), flags=re.I)
+            assert not found, f"{path.relative_to(REPO)}: {found}"
