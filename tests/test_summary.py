@@ -23,8 +23,9 @@ def test_the_results_readme_is_read_from_the_tables(tmp_path):
 
 
 def _claims(text):
-    start = text.index("| claim | paper | measured | verdict |")
-    return [line for line in text[start:].splitlines() if line.startswith("|")][2:]
+    lines = text[text.index("| claim | paper | measured | verdict |"):].splitlines()
+    end = next((k for k, line in enumerate(lines) if not line.startswith("|")), len(lines))
+    return lines[2:end]
 
 
 def test_the_readme_quotes_the_committed_results():
