@@ -296,21 +296,3 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r2", checkpoint="runs/r2/best.pt")  # another run
     assert set(ship.decisions(tmp_path)) == {"segmenter"} and "reader" not in torch.load(ck, weights_only=True)
     assert (tmp_path / "models" / "README.md").read_text() == "# attunet.pt\n"
-
-
-def test_a_reader_saved_with_the_max_collapse_still_loads():
-    """A CRNN state from before the rows were kept (no "collapse" key) loads as the max it was trained with, reads
-    the same, and an unknown collapse is an error naming it."""
-    import torch
-    from meterseg import ownreader
-    torch.manual_seed(0)
-    old = ownreader.OwnReader(ownreader.CRNN(collapse="max"))
-    state = old.state(epoch=1)
-    del state["collapse"]
-    back = ownreader.OwnReader.from_state(state)
-    x = torch.rand(2, 1, 32, 128)
-    assert back.model.collapse == "max" and torch.equal(back.model(x), old.model(x))
-    rows = ownreader.CRNN()
-    assert rows.collapse == "rows" and rows(x).shape == old.model(x).shape
-    with pytest.raises(ValueError, match="'mean'"):
-        ownreader.CRNN(collapse="mean")

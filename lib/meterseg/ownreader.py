@@ -10,34 +10,25 @@ from .tool.card import accept_rule
 from .tool.geometry import rectify
 from .labels import truth_of, turning_wheels
 from .tool.photos import open_photo, read_label, to_rgb
-from .tool.recognisers import BETWEEN, BLANK, DIGITS, HEIGHT, billed, greedy_decode, strip_input
+from .tool.recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):
-    """Convolutions down to a few rows, a bidirectional GRU along the columns, per-column class logits.
+    """Convolutions down to a 1-pixel-high feature row, a bidirectional GRU along it, per-column digit logits."""
 
-    collapse: how the last 4 rows become the GRU's features. "rows" keeps each row's features (flattened), so the
-    GRU sees where in the window a digit sits, which is a turning wheel's phase; "max" (the first CRNNs) takes
-    their maximum, which keeps what a column shows but not where."""
-
-    def __init__(self, width=32, collapse="rows"):
+    def __init__(self, width=32):
         super().__init__()
         def block(cin, cout, pool):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                                  nn.ReLU(inplace=True), nn.MaxPool2d(pool))
-        if collapse not in ("rows", "max"):
-            raise ValueError(f"CRNN collapse {collapse!r}: expected 'rows' or 'max'")
-        self.collapse = collapse
-        rows = HEIGHT // 8 if collapse == "rows" else 1
         self.conv = nn.Sequential(block(1, width, 2), block(width, 2 * width, 2), block(2 * width, 4 * width, (2, 1)),
-                                  block(4 * width, 4 * width, (4 // rows, 1)))  # (N, 4w, rows, WIDTH / 4)
-        self.rnn = nn.GRU(4 * width * rows, 2 * width, bidirectional=True, batch_first=True)
+                                  block(4 * width, 4 * width, (4, 1)))  # (N, 4w, 1, WIDTH / 4)
+        self.rnn = nn.GRU(4 * width, 2 * width, bidirectional=True, batch_first=True)
         self.head = nn.Linear(4 * width, BLANK + 1)
 
     def forward(self, x):
         """(N, 1, HEIGHT, WIDTH) -> (N, WIDTH / 4, 21) log-probabilities: digits, half-turned digits, blank."""
-        f = self.conv(x)
-        f = f.flatten(1, 2).transpose(1, 2)  # (N, columns, 4w * rows)
+        f = self.conv(x).squeeze(2).transpose(1, 2)
         return F.log_softmax(self.head(self.rnn(f)[0]), dim=-1)
 
 
@@ -125,11 +116,11 @@ class OwnReader:
     def state(self, **meta):
         """What the shipped checkpoint keeps of this reader under "reader": weights and plain facts."""
         return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                "width": self.model.rnn.hidden_size // 2, "collapse": self.model.collapse, **meta}
+                "width": self.model.rnn.hidden_size // 2, **meta}
 
     @classmethod
     def from_state(cls, state):
-        model = CRNN(state["width"], state.get("collapse", "max"))  # a reader saved before "rows" has max
+        model = CRNN(state["width"])
         model.load_state_dict(state["state_dict"])
         return cls(model, accept_rule(state.get("accept")))
 
