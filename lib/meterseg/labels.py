@@ -35,6 +35,13 @@ def _five(text, where):
     return text
 
 
+def _checked(row, where):
+    """(billing, also_ok, state) of a labels or annotations row, checked: an error naming `where`."""
+    if row.get("state") not in STATES:
+        raise DataError(f"{where}: unknown state {row.get('state')!r}; expected one of {STATES}")
+    return _five(row["billing"], where), row["also_ok"] and _five(row["also_ok"], where), row["state"]
+
+
 @lru_cache(maxsize=4)
 def read_billing_labels(path=BILLING_LABELS):
     """{stem: Truth} of a billing-labels CSV, checked: an error naming the file and line."""
@@ -45,14 +52,8 @@ def read_billing_labels(path=BILLING_LABELS):
         rows = csv.DictReader(f)
         if tuple(rows.fieldnames or ()) != FIELDS:
             raise DataError(f"{path}: expected the columns {','.join(FIELDS)}, found {rows.fieldnames}")
-        table = {}
-        for line, r in enumerate(rows, start=2):
-            where = f"{path}, line {line}"
-            if r["state"] not in STATES:
-                raise DataError(f"{where}: unknown state {r['state']!r}; expected one of {STATES}")
-            table[r["stem"]] = Truth(_five(r["billing"], where), r["also_ok"] and _five(r["also_ok"], where), r["state"],
-                                     tuple(r["upstream"].split()))
-    return table
+        return {r["stem"]: Truth(*_checked(r, f"{path}, line {line}"), tuple(r["upstream"].split()))
+                for line, r in enumerate(rows, start=2)}
 
 
 def truth_of(label, labels=BILLING_LABELS):
@@ -101,11 +102,9 @@ def read_annotations(paths):
         with open(path, newline="", encoding="utf-8") as f:
             for line, r in enumerate(csv.DictReader(f), start=2):
                 where = f"{path}, line {line}"
-                if r.get("state") not in STATES:
-                    raise DataError(f"{where}: unknown state {r.get('state')!r}; expected one of {STATES}")
                 if r["stem"] in table:
                     raise DataError(f"{where}: {r['stem']} is annotated twice")
-                table[r["stem"]] = (_five(r["billing"], where), r["also_ok"] and _five(r["also_ok"], where), r["state"])
+                table[r["stem"]] = _checked(r, where)
     return table
 
 

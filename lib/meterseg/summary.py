@@ -9,7 +9,7 @@ from .tables import PAPER
 
 KB = 1000  # bytes: the archive table's MB are 10^6 bytes
 HEADER = ("# Results\n\nWritten by the study (`meterseg.summary`, at the end of each notebook) from the tables in "
-          "`tables/` and the records beside them; never edited by hand. Test split: 106 photos, read once.\n")
+          "`tables/` and the records beside them; never edited by hand. The test split is read once.\n")
 
 
 def _dice(table, row):
@@ -84,7 +84,7 @@ def _reading(tb):
         t = t[t["way"] == "rectified predicted quad (the tool)"]
         ok = t["status"] == "ok"
         wrong = ok & ~t["exact_billing"].astype(bool)
-        gross = ok & t["gross"].astype(bool) if "gross" in t else ok & False
+        gross = ok & t["gross"].astype(bool)
         lines += ["", f"The tool on the {len(t)} test photos (billing, ambiguity accepted): {100 * t['exact_billing'].mean():.1f} % "
                   f"read right; {int(ok.sum())} `ok` ({100 * ok.mean():.1f} %), of which {int(wrong.sum())} wrong "
                   f"({100 * wrong.sum() / max(int(ok.sum()), 1):.1f} %) and {int(gross.sum())} gross (more than one unit off)."]
