@@ -23,11 +23,11 @@ def torch_load(path):
     return ck
 
 
-def save_checkpoint(path, state):
-    """torch.save, written whole or not at all, so a kill never leaves half a checkpoint."""
+def save_checkpoint(path, state, new=False):
+    """torch.save, written whole or not at all, so a kill never leaves half a checkpoint; new: never over a file."""
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue(), new=new)
 
 
 def model_state(model, cfg, **extra):

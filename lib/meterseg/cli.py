@@ -1,4 +1,4 @@
-"""Command line: meterseg {train, predict, evaluate, compress, read, review, export, study, fetch, sheets, labels}; it parses arguments and calls the library."""
+"""Command line: meterseg {train, predict, evaluate, compress, read, review, tune, export, study, fetch, sheets, labels}; it parses arguments and calls the library."""
 import argparse
 import dataclasses
 import sys
@@ -158,6 +158,20 @@ def cmd_export(a):
     return 0
 
 
+def cmd_tune(a):
+    import os
+    from .config import make_config
+    from .tune import tune, tune_epochs
+    cfg = make_config(a.profile, data=a.data)
+    out, facts, history, _ = tune(a.checkpoint, a.corrections, a.photos, a.out, cfg, with_ok=a.with_ok,
+                                  epochs=a.epochs or tune_epochs(a.profile), progress=not os.environ.get("CI"))
+    best = history.loc[history["val_exact"].idxmax()]
+    print(f"{out}: reader tuned on {facts['corrections']} corrections and {facts['model_ok_rows']} model ok rows with "
+          f"{facts['train_photos']} training photos; epoch {int(best['epoch'])} kept (validation exact {best['val_exact']:.3f}); "
+          f"accept rule chosen again on {facts['pool']} reads ({facts['pool_new']} new)")
+    return 0
+
+
 def cmd_fetch(a):
     from .fetch import LOCAL_COPY, fetch_upstream
     dest = fetch_upstream(a.dest or LOCAL_COPY)
@@ -295,6 +309,20 @@ def build_parser():
     lb.add_argument("--data", default="", help="dataset folder, for upstream's candidates (default: $METERSEG_DATA)")
     lb.add_argument("--out", help="a new billing-labels CSV to write (e.g. data/labels/water-meters-billing.csv)")
     lb.set_defaults(func=cmd_labels)
+
+    tu = sub.add_parser("tune", help="teach the reader the readings people corrected (review --apply's FINAL.csv); "
+                        "writes a new checkpoint (docs/tool.md)")
+    tu.add_argument("--checkpoint", required=True, help="the torch checkpoint to start from (.pt; not an exported folder)")
+    tu.add_argument("--corrections", required=True, nargs="+", metavar="FINAL_CSV",
+                    help="every FINAL.csv so far (review --apply over meterseg read); a photo in two counts once, the last wins")
+    tu.add_argument("--photos", required=True, help="the folder the rows' sources are under (read's photo folder)")
+    tu.add_argument("--out", required=True, help="the new checkpoint; never overwritten")
+    tu.add_argument("--with-ok", action="store_true", help="also learn the model's own `ok` rows (docs/protocol.md says what they did)")
+    tu.add_argument("--data", default="", help="the study's dataset, whose train photos are learned too and whose "
+                    "validation photos pick the epoch (default: $METERSEG_DATA, else the fetched upstream copy)")
+    tu.add_argument("--profile", default=DEFAULT_PROFILE, choices=choices()["profile"])
+    tu.add_argument("--epochs", type=int, help="default: 8 (docs/protocol.md)")
+    tu.set_defaults(func=cmd_tune)
 
     f = sub.add_parser("fetch", help="download the upstream photos at the pinned commit and verify SHA-256")
     f.add_argument("--dest")

@@ -1,6 +1,8 @@
 """Our own digit reader: a small CRNN with CTC (Shi et al. 2015), trained on the train split's
 rectified labelled quads, to compare with the off-the-shelf recogniser. Training and the torch
 reader; recognisers.py runs the exported one without torch."""
+import copy
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -63,13 +65,15 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, tr
     return torch.stack(xs), ys
 
 
-def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, clip=5.0):
+def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, clip=5.0, start=None, progress=False):
     """Train a CRNN with CTC on class sequences (labelled_strips' targets); keeps the epoch with the best
     validation exact-reading accuracy (billing digits). clip: each step's gradient norm is cut to it (without,
-    some seeds stall on CTC's all-blank plateau; docs/protocol.md). Returns (model in eval mode, history of
-    (epoch, loss, val exact))."""
+    some seeds stall on CTC's all-blank plateau; docs/protocol.md). start: a CRNN to go on from (tuning; it is
+    not changed), else a new one. progress: a bar per epoch on the console. Returns (model in eval mode,
+    history of (epoch, loss, val exact))."""
+    from tqdm import tqdm
     torch.manual_seed(seed)
-    model = CRNN()
+    model = CRNN() if start is None else copy.deepcopy(start)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
     targets = [torch.tensor(y) for y in ys]
@@ -79,7 +83,8 @@ def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, cli
     for epoch in range(epochs):
         model.train()
         total = 0.0
-        for idx in torch.randperm(len(x), generator=g).split(batch):
+        for idx in tqdm(torch.randperm(len(x), generator=g).split(batch), desc=f"reader epoch {epoch + 1}/{epochs}",
+                        disable=not progress, leave=False):
             xb = x[idx] * (1 + 0.2 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))  # contrast jitter
             xb = torch.roll(xb, int(torch.randint(-4, 5, (1,), generator=g)), dims=3)  # a few pixels of shift
             logp = model(xb).transpose(0, 1)  # (T, N, C) for ctc_loss
@@ -94,6 +99,8 @@ def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, cli
             total += loss.item() * len(idx)
         exact = np.mean([r == y for r, y in zip(read_strips(model, x_val), ys_val)])
         history.append((epoch + 1, total / len(x), float(exact)))
+        if progress:
+            tqdm.write(f"reader epoch {epoch + 1}: ctc loss {total / len(x):.4f} val exact {exact:.3f}")
         if exact > best:
             best, best_state = exact, {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)

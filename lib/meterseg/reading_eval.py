@@ -234,7 +234,7 @@ def choose_accept_rule(reads, target=TARGET_ERROR, half_turned=0.5):
     table = pd.DataFrame(rows)
     fit = table[(table["upper_error"] <= target) & (table["gross"] == 0)]
     best = (fit.sort_values(["coverage", "min_digit_confidence"], ascending=[False, True]) if len(fit)
-            else table.sort_values("upper_error")).iloc[0]
+            else table.sort_values(["upper_error", "coverage"], ascending=[True, False], kind="stable")).iloc[0]
     rule = AcceptRule(float(best["min_digit_confidence"]), float(best["min_agreement"]), half_turned,
                       bool(best["review_half_turned"]))
     table["chosen"] = (table["min_digit_confidence"] == rule.min_digit_confidence) & (

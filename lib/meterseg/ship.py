@@ -20,6 +20,7 @@ from .reading_eval import TARGET_ERROR
 from .tool.stores import atomic_write
 
 DECISIONS = "decisions.json"
+POOL = "06_train_out_of_fold_reads.csv"  # the reads the accept rule was chosen on, in tables/
 READER = "reader.pt"  # the CRNN notebook 06 ships, beside attunet.pt and out of git (only attunet.pt is committed)
 SECTIONS = {"segmenter": "", "crop_rule": "\n## The crop rule\n\n", "reader": "\n## The reader\n\n"}  # README order
 
@@ -44,7 +45,8 @@ def decide(results, step, text, **decision):
 
 def build(results):
     """results/models/attunet.pt: the chosen run's best.pt, with the crop rule in its config and the reader
-    under the key `reader` where they are decided; README.md beside it says where each came from."""
+    under the key `reader` where they are decided (with the reads its accept rule was chosen on, `pool`);
+    README.md beside it says where each came from."""
     results, made = Path(results), decisions(results)
     ck = torch.load(results / made["segmenter"]["checkpoint"], map_location="cpu", weights_only=True)
     if "crop_rule" in made:
@@ -53,11 +55,19 @@ def build(results):
         reader = results / made["reader"]["checkpoint"]
         if not reader.is_file():
             raise FileNotFoundError(f"{reader}: the reader decisions.json names is missing; run notebook 06 again")
-        ck["reader"] = torch.load(reader, map_location="cpu", weights_only=True)
+        ck["reader"] = torch.load(reader, map_location="cpu", weights_only=True) | {"pool": reader_pool(results)}
     save_checkpoint(results / "models" / "attunet.pt", ck)
     readme = "".join(head + made[step]["text"] for step, head in SECTIONS.items() if step in made)
     atomic_write(results / "models" / "README.md", readme.encode())
     return results / "models" / "attunet.pt"
+
+
+def reader_pool(results):
+    """The out-of-fold reads the reader's accept rule was chosen on (notebook 06), as the checkpoint keeps them
+    for `meterseg tune`, which chooses the rule again with the corrected photos added."""
+    from .tune import pool_of
+    text = {"image": str, "reading": str, "half_turn": str}
+    return pool_of(pd.read_csv(Path(results) / "tables" / POOL, dtype=text, keep_default_na=False))
 
 
 # The shipped model's longer training, by profile: the table runs' recipe (the cosine stretched) for the seed
