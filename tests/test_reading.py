@@ -274,10 +274,12 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     rule = AcceptRule(0.93, 7 / 9, 0.2, True)
     table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
     nothing_ok = pd.DataFrame([{"chosen": True, "photos": 40, "ok": 0, "coverage": 0.0, "wrong": 0, "gross": 0, "upper_error": 1.0}])
-    ship.reader(tmp_path, own, history, rule, nothing_ok)  # smoke data: no reading accepted (CI failed here)
+    pool = pd.DataFrame([{"image": "a", "reading": "00012", "confidence": 0.9, "min_digit_confidence": 0.8, "agreement": 1.0,
+                          "half_turn": "", "exact_billing": True, "gross": False}])
+    ship.reader(tmp_path, own, history, rule, nothing_ok, pool)  # smoke data: no reading accepted (CI failed here)
     assert "accepts 0 of 40 (0.0 %)" in (tmp_path / "models" / "README.md").read_text()
     for _ in range(2):  # a rerun of notebook 06 replaces the reader, it does not pile up
-        ship.reader(tmp_path, own, history, rule, table)
+        ship.reader(tmp_path, own, history, rule, table, pool)
     ship.decide(tmp_path, "crop_rule", "rule text\n", config={"crop_margin": 0.1})  # decided after, still shown before
     text = (tmp_path / "models" / "README.md").read_text()
     assert text.count("## The reader") == 1 and "epoch 2" in text and "75.0 %" in text and "min_digit_confidence=0.93" in text
@@ -285,6 +287,7 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     assert text.index("## The crop rule") < text.index("## The reader")
     back = load_reader(ck)
     assert isinstance(back, ownreader.OwnReader) and back.accept == rule
+    assert torch.load(ck, weights_only=True)["reader"]["pool"]["reading"] == ["00012"]  # what tune chooses again on
     strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)
     assert back.read(strip) == own.read(strip)
     x = ownreader.to_strip(strip)[None]

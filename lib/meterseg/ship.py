@@ -18,9 +18,9 @@ from .config import PAPER_LOSS_WEIGHT
 from .metrics import METRICS
 from .reading_eval import TARGET_ERROR
 from .tool.stores import atomic_write
+from .tune import pool_of
 
 DECISIONS = "decisions.json"
-POOL = "06_train_out_of_fold_reads.csv"  # the reads the accept rule was chosen on, in tables/
 READER = "reader.pt"  # the CRNN notebook 06 ships, beside attunet.pt and out of git (only attunet.pt is committed)
 SECTIONS = {"segmenter": "", "crop_rule": "\n## The crop rule\n\n", "reader": "\n## The reader\n\n"}  # README order
 
@@ -45,8 +45,7 @@ def decide(results, step, text, **decision):
 
 def build(results):
     """results/models/attunet.pt: the chosen run's best.pt, with the crop rule in its config and the reader
-    under the key `reader` where they are decided (with the reads its accept rule was chosen on, `pool`);
-    README.md beside it says where each came from."""
+    under the key `reader` where they are decided; README.md beside it says where each came from."""
     results, made = Path(results), decisions(results)
     ck = torch.load(results / made["segmenter"]["checkpoint"], map_location="cpu", weights_only=True)
     if "crop_rule" in made:
@@ -55,19 +54,11 @@ def build(results):
         reader = results / made["reader"]["checkpoint"]
         if not reader.is_file():
             raise FileNotFoundError(f"{reader}: the reader decisions.json names is missing; run notebook 06 again")
-        ck["reader"] = torch.load(reader, map_location="cpu", weights_only=True) | {"pool": reader_pool(results)}
+        ck["reader"] = torch.load(reader, map_location="cpu", weights_only=True)
     save_checkpoint(results / "models" / "attunet.pt", ck)
     readme = "".join(head + made[step]["text"] for step, head in SECTIONS.items() if step in made)
     atomic_write(results / "models" / "README.md", readme.encode())
     return results / "models" / "attunet.pt"
-
-
-def reader_pool(results):
-    """The out-of-fold reads the reader's accept rule was chosen on (notebook 06), as the checkpoint keeps them
-    for `meterseg tune`, which chooses the rule again with the corrected photos added."""
-    from .tune import pool_of
-    text = {"image": str, "reading": str, "half_turn": str}
-    return pool_of(pd.read_csv(Path(results) / "tables" / POOL, dtype=text, keep_default_na=False))
 
 
 # The shipped model's longer training, by profile: the table runs' recipe (the cosine stretched) for the seed
@@ -119,12 +110,15 @@ def crop_rule(results, rule, table):
     return decide(results, "crop_rule", text, config=rule.stored())
 
 
-def reader(results, own, history, accept, rule_table):
+def reader(results, own, history, accept, rule_table, pool):
     """Notebook 06: ship our CRNN (its epoch best on validation) and its accept rule inside attunet.pt (one
-    shipped file: region and reading), so that `meterseg read` and `compress --read` use them."""
+    shipped file: region and reading), so that `meterseg read` and `compress --read` use them. `pool`, the
+    scored out-of-fold reads the rule was chosen on, goes with it: `meterseg tune` chooses the rule again on
+    them with the corrected photos added."""
     best = history.loc[history["val_exact"].idxmax()]
     save_checkpoint(Path(results) / "models" / READER,
-                    own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(accept)))
+                    own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(accept),
+                              pool=pool_of(pool)))
     chosen = rule_table[rule_table["chosen"]].iloc[0]
     met = chosen["upper_error"] <= TARGET_ERROR and chosen["gross"] == 0
     text = (f"Key `reader`: our CRNN (notebook 06), trained on every train photo's rectified labelled quad with its billing "
