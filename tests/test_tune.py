@@ -22,6 +22,8 @@ from meterseg.ownreader import CRNN, OwnReader
 from meterseg.predictor import Predictor
 from meterseg.reading_eval import tool_reads
 from meterseg.tool.card import AcceptRule
+from meterseg.tool.photos import DataError
+from meterseg.tool.pipeline import CORNERS
 from meterseg.tune import pool_of, read_finals
 
 def cli(args):
@@ -100,9 +102,39 @@ def test_the_model_ok_rows_are_learned_only_when_asked(loop):
     tmp, month, corrected, _ = loop
     rows = list(csv.DictReader(open(tmp / "FINAL.csv")))
     ok = sum(r["status"] == "ok" and r["reading_by"] == "model" for r in rows)
-    assert len(read_finals([tmp / "FINAL.csv"], month)) == corrected
-    assert len(read_finals([tmp / "FINAL.csv"], month, with_ok=True)) == corrected + ok
-    assert len(read_finals([tmp / "FINAL.csv", tmp / "FINAL.csv"], month)) == corrected  # a photo counts once
+    assert len(read_finals_targets([tmp / "FINAL.csv"], month)) == corrected
+    assert len(read_finals_targets([tmp / "FINAL.csv"], month, with_ok=True)) == corrected + ok
+    assert len(read_finals_targets([tmp / "FINAL.csv", tmp / "FINAL.csv"], month)) == corrected  # a photo counts once
+
+
+def test_a_corrected_photo_with_no_quad_is_left_out_and_counted(loop, tmp_path):
+    """A person may bill a photo the tool found no window in; it has no strip to teach, and tune goes on."""
+    tmp, month, corrected, _ = loop
+    def no_window(rows, fields):
+        rows[_first_person(rows)] |= {k: "" for k in CORNERS}
+        return rows, fields
+    targets, no_quad = read_finals([_edited(tmp, tmp_path / "FINAL.csv", no_window)], month)
+    assert (len(targets), no_quad) == (corrected - 1, 1)
+
+
+def test_each_final_may_have_its_own_photo_folder(loop, tmp_path):
+    """A utility reads a folder a month: each month's FINAL.csv names its sources under its own folder."""
+    tmp, month, corrected, _ = loop
+    other = tmp_path / "next-month"
+    shutil.copytree(month, other)
+    for p in other.iterdir():  # other photos, so that they are not the same photo (SHA-256) again
+        p.write_bytes(p.read_bytes() + b"\0")
+    rows = list(csv.DictReader(open(tmp / "FINAL.csv")))
+    digest = {p.name: sha(p) for p in other.iterdir()}
+    again = _edited(tmp, tmp_path / "FINAL2.csv", lambda rs, fs: ([r | {"sha256": digest[r["source"]]} for r in rs], fs))
+    assert len(read_finals_targets([tmp / "FINAL.csv", again], [month, other])) == 2 * corrected
+    assert {t["path"].parent for t in read_finals_targets([tmp / "FINAL.csv", again], [month, other])} == {month, other}
+    with pytest.raises(DataError, match="2 photo folders for 3 FINAL.csv files"):
+        read_finals([tmp / "FINAL.csv", again, again], [month, other])
+
+
+def read_finals_targets(*args, **kw):
+    return read_finals(*args, **kw)[0]
 
 
 def _edited(tmp, path, edit):

@@ -168,7 +168,8 @@ def cmd_tune(a):
     best = history.loc[history["val_exact"].idxmax()]
     print(f"{out}: reader tuned on {facts['corrections']} corrections and {facts['model_ok_rows']} model ok rows with "
           f"{facts['train_photos']} training photos; epoch {int(best['epoch'])} kept (validation exact {best['val_exact']:.3f}); "
-          f"accept rule chosen again on {facts['pool']} reads ({facts['pool_new']} new)")
+          f"accept rule chosen again on {facts['pool']} reads ({facts['pool_new']} new)"
+          + (f"; {facts['no_quad']} corrected photos without a window found left out" if facts["no_quad"] else ""))
     return 0
 
 
@@ -315,7 +316,8 @@ def build_parser():
     tu.add_argument("--checkpoint", required=True, help="the torch checkpoint to start from (.pt; not an exported folder)")
     tu.add_argument("--corrections", required=True, nargs="+", metavar="FINAL_CSV",
                     help="every FINAL.csv so far (review --apply over meterseg read); a photo in two counts once, the last wins")
-    tu.add_argument("--photos", required=True, help="the folder the rows' sources are under (read's photo folder)")
+    tu.add_argument("--photos", required=True, nargs="+", metavar="DIR",
+                    help="the folder the rows' sources are under (read's photo folder): one for all, or one per FINAL_CSV in order")
     tu.add_argument("--out", required=True, help="the new checkpoint; never overwritten")
     tu.add_argument("--with-ok", action="store_true", help="also learn the model's own `ok` rows (docs/protocol.md says what they did)")
     tu.add_argument("--data", default="", help="the study's dataset, whose train photos are learned too and whose "

@@ -293,3 +293,19 @@ def risk_coverage(curves, rule_points):
            title="risk and coverage: accepting by the lowest digit confidence")
     ax.legend(fontsize=7)
     return fig
+
+
+def tuning_months(table):
+    """Share of test and validation readings `ok` against the photos a person corrected so far, one line per arm
+    of the simulation (simulation.simulate), each point marked with its `ok` readings that are wrong."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    for ax, split in zip(axes, ("test", "val")):
+        for arm, t in table.groupby("arm", sort=False):
+            line, = ax.plot(t["corrections"], t[f"{split}_ok_pct"], "o-", label=arm)
+            for _, r in t.iterrows():
+                ax.annotate(f"{int(r[f'{split}_ok_wrong'])}", (r["corrections"], r[f"{split}_ok_pct"]), fontsize=7,
+                            xytext=(3, -9), textcoords="offset points", color=line.get_color())
+        ax.set(xlabel="photos corrected by a person so far", title={"test": "test split", "val": "validation split"}[split])
+    axes[0].set_ylabel("readings ok %  (number: ok readings wrong)")
+    axes[0].legend(fontsize=7)
+    return fig

@@ -164,16 +164,17 @@ def tool_reads(predictor, reader, photos, labels):
 FAILED_FOLD = 0.5  # a fold CRNN under this best validation exact (one read) failed to train: retrained, next seed
 
 
-def out_of_fold_reads(cfg, predictor, folds=5, seed=0, retries=None):
+def out_of_fold_reads(cfg, predictor, folds=5, seed=0, retries=None, train=None):
     """The tool's reads of every train photo by a CRNN that did not train on it (folds CRNNs, each trained
     as train_own_reader on the other folds): what the accept rule is chosen on, since 106 validation
     photos are too few for a 1 % error rate. The segmenter did train on these photos, so their quads
     are better than unseen photos' (the rule is then checked on validation). A fold CRNN whose best
     validation exact is under FAILED_FOLD failed to train (CTC can stall) and would not stand for the
-    shipped reader: it is trained again with the next seed, up to `retries` (FOLD_RETRIES) times. Returns (reads,
-    one row per CRNN trained: fold, seed, best validation exact, used)."""
+    shipped reader: it is trained again with the next seed, up to `retries` (FOLD_RETRIES) times. `train`:
+    (photos, labels) in place of the train split. Returns (reads, one row per CRNN trained: fold, seed, best
+    validation exact, used)."""
     from .dataset import split_pairs
-    photos, labels = split_pairs(cfg, "train")
+    photos, labels = train or split_pairs(cfg, "train")
     retries = FOLD_RETRIES.get(cfg.profile, 2) if retries is None else retries
     fold = np.random.default_rng(seed).permutation(len(photos)) % folds
     parts, trained = [], []

@@ -351,3 +351,25 @@ def failures(own_found, profile, results, data=""):
 def verdict(found, own_found):
     """The paper's claim that the crop helps a machine read the meter, in words."""
     print(reading_eval.verdict(reading_eval.accuracy_table(found), reading_eval.accuracy_table(own_found)))
+
+
+# 07_tuning
+
+def tuning_simulation(profile, results, data="", folds=5):
+    """The months of corrections simulated (simulation.simulate) in a folder deleted after: tables/07_tuning_months.csv,
+    07_base_fold_crnns.csv and figures/07_tuning_months.png; the months table."""
+    import tempfile
+    from . import simulation
+    with tempfile.TemporaryDirectory() as work:
+        table, crnns = simulation.simulate(make_config(profile, data=data), Path(results) / "models" / "attunet.pt", work, folds)
+    _csv(table.round(4), results, "07_tuning_months.csv", index=False)
+    _csv(crnns.round(4), results, "07_base_fold_crnns.csv", index=False)
+    figures.save(figures.tuning_months(table), results, "07_tuning_months")
+    display(table.round(2))
+    return table
+
+
+def tuning_verdict(table):
+    """The target and the --with-ok rule of docs/protocol.md, judged on the months table."""
+    from .simulation import verdict
+    display(Markdown(verdict(table)))

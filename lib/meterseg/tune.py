@@ -46,12 +46,21 @@ def corrected_read(row):
     return {"image": row["sha256"]} | scored(read, Truth(row["reading"], "", "person", ()))
 
 
+def photo_roots(paths, photos):
+    """The folder each FINAL.csv's sources are under: one folder for all, or one per file (each month's)."""
+    roots = [photos] if isinstance(photos, (str, Path)) else list(photos)
+    if len(roots) not in (1, len(paths)):
+        raise DataError(f"{len(roots)} photo folders for {len(paths)} FINAL.csv files: give one for all, or one per file")
+    return roots * len(paths) if len(roots) == 1 else roots
+
+
 def read_finals(paths, photos, with_ok=False):
-    """(targets, pool rows) of FINAL.csv files, every bad line an error naming its file and line. targets: one
-    per photo (by SHA-256, the last file's row winning) a person corrected, or with_ok also the model's `ok`
-    rows: {path, quad (4, 2), reading, by, sha256, row}. Photos are found under `photos` by their source."""
-    found, errors = {}, []
-    for path in paths:
+    """(targets, rows left out for having no quad) of FINAL.csv files, every bad line an error naming its file
+    and line. targets: one per photo (by SHA-256, the last file's row winning) a person corrected, or with_ok
+    also the model's `ok` rows: {path, quad (4, 2), reading, by, row}. Photos are found by their source under
+    `photos`: one folder, or one per file."""
+    found, errors, no_quad = {}, [], 0
+    for path, photos in zip(paths, photo_roots(paths, photos)):
         rows, fields = read_table(path)
         missing = [f for f in FINAL_FIELDS if f not in fields]
         if missing:
@@ -71,7 +80,7 @@ def read_finals(paths, photos, with_ok=False):
             elif not photo.is_file():
                 errors.append(f"{where}: photo {row['source']!r} not found under {photos}")
             elif not all(row[k] for k in CORNERS):
-                errors.append(f"{where}: no quad (x0..y3 empty); a photo the tool found no window in cannot teach the reader")
+                no_quad += 1  # the tool found no window: a person may bill it, but it has no strip to teach
             else:
                 found[row["sha256"] or str(photo)] = {"path": photo, "quad": np.array([float(row[k]) for k in CORNERS]).reshape(4, 2),
                                                       "reading": row["reading"], "by": by, "row": row}
@@ -79,7 +88,7 @@ def read_finals(paths, photos, with_ok=False):
         raise DataError("\n".join(errors))
     if not any(t["by"] == "person" for t in found.values()):
         raise DataError(f"{', '.join(map(str, paths))}: no row with reading_by = person: nothing a person corrected to learn from")
-    return list(found.values())
+    return list(found.values()), no_quad
 
 
 def load_for_tuning(model):
@@ -107,7 +116,7 @@ def sha256_file(path):
 def tune(model, finals, photos, out, cfg, train=None, with_ok=False, epochs=TUNE_EPOCHS, lr=TUNE_LR, seed=0,
          progress=False):
     """Write a tuned copy of checkpoint `model` to `out` (refused if it exists): its reader tuned on the targets
-    of the FINAL.csv files `finals` (photos under `photos`) together with the train split of the dataset `cfg`
+    of the FINAL.csv files `finals` (photos under `photos`, a folder or one per file) together with the train split of the dataset `cfg`
     names (or `train` = (photos, labels)), the epoch kept by reads of its validation split on the model's
     predicted quads; its accept rule chosen again. Every input is checked before anything is trained. Returns
     (out, facts recorded under the reader's `tuned`, history DataFrame, rule table)."""
@@ -120,7 +129,7 @@ def tune(model, finals, photos, out, cfg, train=None, with_ok=False, epochs=TUNE
     if out.exists():
         raise DataError(f"{out}: already exists; tune writes a new checkpoint and never replaces a file")
     ck, state = load_for_tuning(model)
-    targets = read_finals(finals, photos, with_ok)
+    targets, no_quad = read_finals(finals, photos, with_ok)
     train, val = train or split_pairs(cfg, "train"), split_pairs(cfg, "val")
     start, old_rule = OwnReader.from_state(state), accept_rule(state.get("accept"))
     half_turned = old_rule.half_turned if old_rule else 0.5
@@ -143,7 +152,7 @@ def tune(model, finals, photos, out, cfg, train=None, with_ok=False, epochs=TUNE
     rule, rule_table = choose_accept_rule(pool, half_turned=half_turned)
     best = history.loc[history["val_exact"].idxmax()]
     facts = {"from": Path(model).name, "from_sha256": sha256_file(model),
-             "corrections": len(person), "model_ok_rows": len(targets) - len(person),
+             "corrections": len(person), "model_ok_rows": len(targets) - len(person), "no_quad": no_quad,
              "finals": [{"name": Path(f).name, "sha256": sha256_file(f)} for f in finals],
              "train_photos": len(train[0]), "photos": len(train[0]) + len(targets), "epochs": epochs, "lr": lr,
              "pool": len(pool), "pool_new": len(fresh)}
