@@ -126,3 +126,20 @@ def test_a_stalled_fold_crnn_is_trained_again_with_the_next_seed(monkeypatch, sy
     assert trained == [0, 1, 4, 2]  # fold 1 again with seed 1 + 3
     assert crnns[["fold", "seed", "used"]].values.tolist() == [[0, 0, True], [1, 1, False], [1, 4, True], [2, 2, True]]
     assert reads["image"].is_unique and set(reads.loc[reads["fold"] == 1, "reader"]) == {"reader-4"}
+
+
+def test_a_stalled_crnn_is_trained_again_until_one_learns(monkeypatch, synthetic):
+    """learned_reader: seeds step by `step` past each stalled CRNN; when none learns, the last is used (and listed)."""
+    from meterseg.config import make_config
+    seeds = []
+
+    def fake_train(cfg, predictor, photos, labels, seed=0, **kw):
+        seeds.append(seed)
+        return f"reader-{seed}", pd.DataFrame({"val_exact": [0.9 if seed == 10 else 0.1]})  # only seed 10 learns
+
+    monkeypatch.setattr(reading_eval, "train_own_reader", fake_train)
+    cfg = make_config("smoke", data=str(synthetic))
+    reader, _, tried = reading_eval.learned_reader(cfg, None, [], [], retries=4, step=5)
+    assert reader == "reader-10" and seeds == [0, 5, 10] and [t["used"] for t in tried] == [False, False, True]
+    reader, _, tried = reading_eval.learned_reader(cfg, None, [], [], seed=1, retries=1, step=5)
+    assert reader == "reader-6" and [(t["seed"], t["used"]) for t in tried] == [(1, False), (6, True)]

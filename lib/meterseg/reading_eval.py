@@ -161,32 +161,40 @@ def tool_reads(predictor, reader, photos, labels):
     return pd.DataFrame(rows)
 
 
-FAILED_FOLD = 0.5  # a fold CRNN under this best validation exact (one read) failed to train: retrained, next seed
+FAILED_FOLD = 0.5  # a CRNN under this best validation exact (one read) failed to train (CTC can stall): retrained
+
+
+def learned_reader(cfg, predictor, photos, labels, seed=0, retries=None, step=1):
+    """train_own_reader on the photos given until a CRNN learns: one whose best validation exact is under
+    FAILED_FOLD stalled and would stand for no reader we ship, so it is trained again with seed + step, up to
+    `retries` (FOLD_RETRIES) times. (reader, history, one row per CRNN trained: seed, best validation exact, used)."""
+    retries = FOLD_RETRIES.get(cfg.profile, 2) if retries is None else retries
+    trained = []
+    for attempt in range(1 + retries):
+        s = seed + attempt * step
+        reader, history = train_own_reader(cfg, predictor, photos, labels, seed=s)
+        best = float(history["val_exact"].max())
+        trained.append({"seed": s, "best_val_exact": best, "used": best >= FAILED_FOLD or attempt == retries})
+        if trained[-1]["used"]:
+            return reader, history, trained
 
 
 def out_of_fold_reads(cfg, predictor, folds=5, seed=0, retries=None, train=None):
     """The tool's reads of every train photo by a CRNN that did not train on it (folds CRNNs, each trained
     as train_own_reader on the other folds): what the accept rule is chosen on, since 106 validation
     photos are too few for a 1 % error rate. The segmenter did train on these photos, so their quads
-    are better than unseen photos' (the rule is then checked on validation). A fold CRNN whose best
-    validation exact is under FAILED_FOLD failed to train (CTC can stall) and would not stand for the
-    shipped reader: it is trained again with the next seed, up to `retries` (FOLD_RETRIES) times. `train`:
-    (photos, labels) in place of the train split. Returns (reads, one row per CRNN trained: fold, seed, best
-    validation exact, used)."""
+    are better than unseen photos' (the rule is then checked on validation). A fold CRNN that stalls is
+    trained again with the next seed (learned_reader). `train`: (photos, labels) in place of the train split.
+    Returns (reads, one row per CRNN trained: fold, seed, best validation exact, used)."""
     from .dataset import split_pairs
     photos, labels = train or split_pairs(cfg, "train")
-    retries = FOLD_RETRIES.get(cfg.profile, 2) if retries is None else retries
     fold = np.random.default_rng(seed).permutation(len(photos)) % folds
     parts, trained = [], []
     for k in range(folds):
         inside = [i for i in range(len(photos)) if fold[i] != k]
-        for attempt in range(1 + retries):
-            s = seed + k + attempt * folds
-            reader, history = train_own_reader(cfg, predictor, [photos[i] for i in inside], [labels[i] for i in inside], seed=s)
-            best = float(history["val_exact"].max())
-            trained.append({"fold": k, "seed": s, "best_val_exact": best, "used": best >= FAILED_FOLD or attempt == retries})
-            if trained[-1]["used"]:
-                break
+        reader, _, tried = learned_reader(cfg, predictor, [photos[i] for i in inside], [labels[i] for i in inside],
+                                          seed + k, retries, step=folds)
+        trained += [{"fold": k} | t for t in tried]
         out = [i for i in range(len(photos)) if fold[i] == k]
         parts.append(tool_reads(predictor, reader, [photos[i] for i in out], [labels[i] for i in out]).assign(fold=k))
     return pd.concat(parts, ignore_index=True), pd.DataFrame(trained)

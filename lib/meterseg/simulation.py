@@ -11,8 +11,8 @@ import pandas as pd
 
 from .dataset import split_pairs
 from .labels import truth_of, units_off
-from .reading_eval import (TARGET_ERROR, accepted, choose_accept_rule, half_turned_threshold, out_of_fold_reads,
-                           tool_reads, train_own_reader)
+from .reading_eval import (FOLD_RETRIES, TARGET_ERROR, accepted, choose_accept_rule, half_turned_threshold, out_of_fold_reads,
+                           learned_reader, tool_reads)
 from .tool.review import apply_corrections, read_table
 from .tool.runner import read
 from .tune import pool_of, tune, tune_epochs
@@ -38,13 +38,14 @@ def months(cfg, n=MONTHS, seed=0):
 
 def base_model(cfg, shipped, base, out, folds=5):
     """The simulation's starting model, written to out: the shipped segmenter with a CRNN trained as the shipped
-    one on the base photos only, and the accept rule chosen on its own out-of-fold reads of them (its pool).
-    Returns the fold CRNNs' table."""
+    one on the base photos only, and the accept rule chosen on its own out-of-fold reads of them (its pool). The
+    base CRNN is trained again if it stalls, as a fold CRNN is, up to twice as many times: a base that never
+    learned makes the months measure nothing. Returns the table of every CRNN trained: the base's, then the folds'."""
     import torch
     from .checkpoint import save_checkpoint
     from .predictor import Predictor
     predictor = Predictor.load(shipped, "cpu", cpu_bf16=False)
-    reader, history = train_own_reader(cfg, predictor, *base)
+    reader, history, tried = learned_reader(cfg, predictor, *base, retries=2 * FOLD_RETRIES.get(cfg.profile, 2), step=folds)
     oof, crnns = out_of_fold_reads(cfg, predictor, folds, train=base)
     rule, _ = choose_accept_rule(oof, half_turned=half_turned_threshold(oof)[0])
     best = history.loc[history["val_exact"].idxmax()]
@@ -52,7 +53,7 @@ def base_model(cfg, shipped, base, out, folds=5):
     ck["reader"] = reader.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(rule),
                                 pool=pool_of(oof))
     save_checkpoint(out, ck, new=True)
-    return crnns
+    return pd.concat([pd.DataFrame([{"fold": "base"} | t for t in tried]), crnns], ignore_index=True)
 
 
 def tool_of(model):

@@ -91,6 +91,18 @@ def _reading(tb):
     return row, lines
 
 
+def _tuning(tb):
+    """Lines of the simulated months of corrections (07_tuning_months.csv): each arm's steps on test and validation."""
+    if "07_tuning_months" not in tb:
+        return []
+    lines = ["| arm | months | photos corrected | test ok % | test ok wrong | test ok gross | validation ok % | "
+             "validation ok wrong | validation right % |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['months']} | {r['corrections']} | {r['test_ok_pct']:.1f} | {r['test_ok_wrong']} of "
+              f"{r['test_ok']} | {r['test_ok_gross']} | {r['val_ok_pct']:.1f} | {r['val_ok_wrong']} of {r['val_ok']} | "
+              f"{r['val_right_pct']:.1f} |" for _, r in tb["07_tuning_months"].iterrows()]
+    return lines
+
+
 def _shipped(results, decisions):
     """A sentence on the shipped segmenter's run and test Dice, from its summary.json."""
     if not decisions.exists():
@@ -145,6 +157,12 @@ def write(results):
     if reading_lines:
         out += ["", "## Reading (notebook 06)", "", "Exact readings in %, by billing with ambiguity accepted, billing "
                 "strict and upstream's any candidate; per digit; gross errors counted.", ""] + reading_lines
+    tuning = _tuning(tb)
+    if tuning:
+        out += ["", "## Tuning from corrections (notebook 07)", "", "A base reader trained on part of the train split, "
+                "the rest read as months, every reading not `ok` corrected and `meterseg tune` run after each month "
+                "(docs/protocol.md); `ok` readings wrong by billing with ambiguity accepted, gross: more than one unit "
+                "off. Month 0 is the base.", ""] + tuning
     out += ["", "## What produced these files", ""] + _provenance(results)
     path = results / "README.md"
     path.write_text("\n".join(out) + "\n", encoding="utf-8")
