@@ -16,11 +16,13 @@ def test_the_results_readme_is_read_from_the_tables(tmp_path):
                  ).to_csv(tmp_path / "tables" / "comparisons.csv", index=False)
     (tmp_path / "provenance.json").write_text(json.dumps({"03_ablations": {"git_commit": "abcdef123", "profile": "cpu",
                                                                             "wall_seconds": 90.0, "finished": "2026-12-01T00:00:00"}}))
-    pd.DataFrame([{"arm": "corrections", "months": 1, "corrections": 41, "test_ok_pct": 61.68, "test_ok_wrong": 1, "test_ok": 66,
-                   "test_ok_gross": 0, "val_ok_pct": 58.49, "val_ok_wrong": 2, "val_ok": 62, "val_right_pct": 90.57}]
+    pd.DataFrame([{"arm": arm, "months": k, "corrections": 41 * k, "test_ok_pct": 50 + 11.68 * k, "test_ok_wrong": k,
+                   "test_ok": 53 + 13 * k, "test_ok_gross": 0, "val_ok_pct": 58.49, "val_ok_wrong": 2, "val_ok": 62,
+                   "val_right_pct": 90.57} for arm in ("corrections", "corrections + ok rows") for k in (0, 1)]
                  ).to_csv(tmp_path / "tables" / "07_tuning_months.csv", index=False)
     text = summary.write(tmp_path).read_text()
     assert "| corrections | 1 | 41 | 61.7 | 1 of 66 | 0 | 58.5 | 2 of 62 | 90.6 |" in text
+    assert "test `ok` 61.7 % against the base's 50.0 % (+11.7 points), 1 of 66 `ok` wrong (1.5 %)" in text  # the verdict
     assert "| Attention gates help (Table III) | +1.77 | -0.07 [-0.21, +0.07], 5/5 seeds | equivalent within +-0.5 points |" in text
     assert "| 03_ablations | `abcdef1` | cpu | 1.5 min | 2026-12-01 |" in text
     assert "Storage" not in text  # no table of notebook 05 yet: nothing said about it

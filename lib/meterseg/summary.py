@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .simulation import verdict
 from .tables import PAPER
 
 KB = 1000  # bytes: the archive table's MB are 10^6 bytes
@@ -100,7 +101,7 @@ def _tuning(tb):
     lines += [f"| {r['arm']} | {r['months']} | {r['corrections']} | {r['test_ok_pct']:.1f} | {r['test_ok_wrong']} of "
               f"{r['test_ok']} | {r['test_ok_gross']} | {r['val_ok_pct']:.1f} | {r['val_ok_wrong']} of {r['val_ok']} | "
               f"{r['val_right_pct']:.1f} |" for _, r in tb["07_tuning_months"].iterrows()]
-    return lines
+    return lines + ["", verdict(tb["07_tuning_months"])]
 
 
 def _shipped(results, decisions):
