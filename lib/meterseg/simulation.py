@@ -11,8 +11,8 @@ import pandas as pd
 
 from .dataset import split_pairs
 from .labels import truth_of, units_off
-from .reading_eval import (FOLD_RETRIES, TARGET_ERROR, accepted, choose_accept_rule, half_turned_threshold, out_of_fold_reads,
-                           learned_reader, tool_reads)
+from .reading_eval import (FOLD_RETRIES, TARGET_ERROR, accepted, choose_accept_rule, half_turned_threshold,
+                           learned_reader, out_of_fold_reads, tool_reads)
 from .tool.review import apply_corrections, read_table
 from .tool.runner import read
 from .tune import pool_of, tune, tune_epochs
