@@ -250,10 +250,11 @@ def examples(card, pairs):
     return fig
 
 
-def reading_examples(study, photos, labels, predictor, n=6):
-    """The tool's wrong readings (billing, ambiguity accepted): its rectified strip beside the labelled quad's, with both readings and its status."""
+def reading_examples(study, photos, labels, predictor, pad, n=6):
+    """The tool's wrong readings (billing, ambiguity accepted): its rectified strip beside the labelled quad's, with
+    both readings and its status; each quad grown by the reader's pad, as the reader sees it."""
     from .tool.photos import read_label
-    from .tool.geometry import rectify
+    from .tool.geometry import grown_quad, rectify
     from .reading_eval import WAYS, photo_quad
     wrong = study[(study["way"] == WAYS[3]) & ~study["exact_billing"]].head(n)
     if len(wrong) == 0:
@@ -270,7 +271,7 @@ def reading_examples(study, photos, labels, predictor, n=6):
             ax.axis("off")
             ax.set_title(title, fontsize=7)
             if q is not None:
-                ax.imshow(rectify(image, q))
+                ax.imshow(rectify(image, grown_quad(q, pad)))
     fig.tight_layout()
     return fig
 

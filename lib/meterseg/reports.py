@@ -343,7 +343,8 @@ def failures(own_found, profile, results, data=""):
     """The tool's wrong test readings (billing, ambiguity accepted), lowest confidence first, listed and drawn."""
     photos, labels = study.test_pairs(profile, data)
     display(reading_eval.failures(own_found))
-    fig = figures.reading_examples(own_found, photos, labels, _shipped(results))
+    from .ownreader import STRIP_PAD  # the recipe of the reader notebook 06 trained
+    fig = figures.reading_examples(own_found, photos, labels, _shipped(results), STRIP_PAD)
     if fig is not None:
         figures.save(fig, results, "06_reading_failures")
 
