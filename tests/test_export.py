@@ -77,7 +77,6 @@ def test_onnx_agrees_with_torch(shipped, photos):
     assert found >= 4
     strips = np.random.default_rng(0).integers(0, 255, (4, 40, 150, 3), dtype=np.uint8)
     onnx_reader, torch_reader = OnnxCRNN(folder / "reader.onnx"), OwnReader.from_state(torch.load(ck, weights_only=True)["reader"])
-    assert load_reader(folder).pad == torch_reader.pad == 0.25  # the export feeds its reader as it was trained
     for s in strips:
         ref = torch_reader.model(to_strip(s)[None]).detach().numpy()
         got = onnx_reader.session.run(None, {"strip": to_strip(s)[None].numpy()})[0]

@@ -66,14 +66,6 @@ def test_rectify_maps_the_quad_onto_an_upright_strip():
     assert strip[:, 2:20, 0].mean() < 60 and strip[:, -40:, 0].mean() > 200
 
 
-def test_grown_quad_moves_the_top_and_bottom_edges_apart_by_hand():
-    turned = [(240, 90), (40, 90), (40, 50), (240, 50)]  # any order, as rectify takes them
-    np.testing.assert_allclose(geometry.grown_quad(turned, 0.25), [(40, 40), (240, 40), (240, 100), (40, 100)])
-    np.testing.assert_allclose(geometry.grown_quad(turned, 0.0), geometry.order_corners(np.array(turned, float)))
-    slanted = np.array([(0, 0), (100, 10), (100, 50), (0, 40)], float)  # both ends moved by the mean of its two sides
-    np.testing.assert_allclose(geometry.grown_quad(slanted, 0.5), [(0, -20), (100, -10), (100, 70), (0, 60)])
-
-
 def test_label_readings_and_digit_accuracy_by_hand(tmp_path):
     lab = tmp_path / "l.txt"
     lab.write_text("1 1 9 1 9 9 1 9 00470.00479 00480\n")
@@ -115,8 +107,8 @@ class ScriptedReader:
     """Answers the given (digits, confidence) reads in turn, each digit at that confidence and half-turned
     at 1 - it, and keeps the strips it was shown."""
 
-    def __init__(self, reads, pad=0.0):
-        self.reads, self.strips, self.pad = list(reads), [], pad
+    def __init__(self, reads):
+        self.reads, self.strips = list(reads), []
 
     def read(self, image):
         self.strips.append(image)
@@ -143,16 +135,6 @@ def test_read_quad_votes_by_summed_confidence_by_hand():
     # no read of DIGITS digits: the quad's own read, as it came
     assert pipeline.read_quad(ScriptedReader([("12", 0.3), ("123", 0.9)]), img, quad, votes=2)[:2] == ("12", 0.3)
     assert pipeline.read_quad(ScriptedReader([("54321", 0.7)]), img, quad, votes=1)[:2] == ("54321", 0.7)
-
-
-def test_read_quad_feeds_a_reader_the_quad_grown_by_its_pad():
-    """A reader trained on quads grown by its pad reads them grown so, the jittered ones too."""
-    img = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
-    quad = np.array([(40, 50), (240, 50), (240, 90), (40, 90)], float)
-    r = ScriptedReader([("12345", 0.9)] * 3, pad=0.25)
-    pipeline.read_quad(r, img, quad, votes=3, jitter=3.0)
-    assert np.array_equal(r.strips[0], geometry.rectify(img, [(40, 40), (240, 40), (240, 100), (40, 100)]))
-    assert all(140 < s.shape[1] < 180 for s in r.strips)  # 48 x 200 / 60 = 160 wide, not the bare quad's 240
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +190,7 @@ class NinthReader:
     """A stand-in recogniser: every ninth read (the quad's own, the first of each photo's vote) says 0000
     at 0.9, the others 11111 at 0.5, so one read and a vote of 9 give different readings. It accepts any."""
 
-    accept, pad = AcceptRule(), 0.0
+    accept = AcceptRule()
 
     def __init__(self):
         self.calls = 0
@@ -304,9 +286,7 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     assert "300 of 600 (50.0 %) with 3 wrong" in text and "no rule tried met the target" in text
     assert text.index("## The crop rule") < text.index("## The reader")
     back = load_reader(ck)
-    assert isinstance(back, ownreader.OwnReader) and back.accept == rule and back.pad == own.pad == ownreader.STRIP_PAD
-    old = {k: v for k, v in own.state().items() if k != "pad"}
-    assert ownreader.OwnReader.from_state(old).pad == 0.0  # a reader saved before pads was fed the quad as found
+    assert isinstance(back, ownreader.OwnReader) and back.accept == rule
     assert torch.load(ck, weights_only=True)["reader"]["pool"]["reading"] == ["00012"]  # what tune chooses again on
     strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)
     assert back.read(strip) == own.read(strip)

@@ -77,7 +77,6 @@ def model_card(ck, cfg, summary, has_reader):
                     "min_confidence": MIN_CONFIDENCE, "refine_margin": REFINE_MARGIN, "votes": VOTES,
                     "vote_jitter_px": VOTE_JITTER_PX, "reader_epoch": ck.get("reader", {}).get("epoch"),
                     "reader_val_exact": ck.get("reader", {}).get("val_exact"), "accept": ck.get("reader", {}).get("accept"),
-                    "pad": ck.get("reader", {}).get("pad", 0.0),  # the quad grown by pad x its height above and below
                     "tuned": ck.get("reader", {}).get("tuned"),  # meterseg tune: what it learned from
                     "statuses": "ok: the accept rule stands behind the reading; review: a person should check it; "
                                 "unreadable: not 5 digits or confidence under min_confidence; no_region"},

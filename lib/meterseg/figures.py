@@ -250,11 +250,10 @@ def examples(card, pairs):
     return fig
 
 
-def reading_examples(study, photos, labels, predictor, pad, n=6):
-    """The tool's wrong readings (billing, ambiguity accepted): its rectified strip beside the labelled quad's, with
-    both readings and its status; each quad grown by the reader's pad, as the reader sees it."""
+def reading_examples(study, photos, labels, predictor, n=6):
+    """The tool's wrong readings (billing, ambiguity accepted): its rectified strip beside the labelled quad's, with both readings and its status."""
     from .tool.photos import read_label
-    from .tool.geometry import grown_quad, rectify
+    from .tool.geometry import rectify
     from .reading_eval import WAYS, photo_quad
     wrong = study[(study["way"] == WAYS[3]) & ~study["exact_billing"]].head(n)
     if len(wrong) == 0:
@@ -271,7 +270,7 @@ def reading_examples(study, photos, labels, predictor, pad, n=6):
             ax.axis("off")
             ax.set_title(title, fontsize=7)
             if q is not None:
-                ax.imshow(rectify(image, grown_quad(q, pad)))
+                ax.imshow(rectify(image, q))
     fig.tight_layout()
     return fig
 

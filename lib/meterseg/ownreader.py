@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .tool.card import accept_rule
-from .tool.geometry import grown_quad, rectify
+from .tool.geometry import rectify
 from .labels import truth_of, turning_wheels
 from .tool.photos import open_photo, read_label, to_rgb
 from .tool.recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input
@@ -39,19 +39,14 @@ def to_strip(image):
     return torch.from_numpy(strip_input(image))
 
 
-STRIP_PAD = 0.25  # the recipe: each quad grown by this share of its height above and below before it is rectified,
-# so that the digit a wheel is leaving shows at the top edge (docs/protocol.md, "More of the window's height")
-
-
-def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, truths=None, pad=STRIP_PAD):
+def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, truths=None):
     """(strips (N,1,H,W), targets) of the photos: per wheel its billing digit d (labels.truth_of: the billing
     labels, else upstream's lower candidate), or BETWEEN + d where the wheel is caught leaving d (turning_wheels; greedy_decode's carry rule turns
     a wheel caught leaving d before a 0 back into d + 1).
 
     quads: the corners to rectify (default: the labelled ones). truths: the Truth of each photo (default: its
     label's). jitter, copies: also add `copies` strips per photo from corners moved by Gaussian noise of `jitter`
-    pixels, so the reader learns the imprecise corners a predicted region gives. pad: each quad (jittered
-    ones after their jitter, as read_quad does) grown by pad x its height above and below.
+    pixels, so the reader learns the imprecise corners a predicted region gives.
     """
     rng = np.random.default_rng(seed)
     xs, ys = [], []
@@ -65,7 +60,7 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, tr
         quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
         for c in range(1 + copies):
             q = quad + (rng.normal(0, jitter, quad.shape) if c else 0)
-            xs.append(to_strip(rectify(image, grown_quad(q, pad))))
+            xs.append(to_strip(rectify(image, q)))
             ys.append(tokens)
     return torch.stack(xs), ys
 
@@ -122,19 +117,19 @@ def read_strips(model, x):
 class OwnReader:
     """The trained CRNN under torch, behind the recognisers' interface (read(strip) -> (digits, confidence))."""
 
-    def __init__(self, model, accept=None, pad=STRIP_PAD):
-        self.model, self.accept, self.pad = model.eval(), accept, pad
+    def __init__(self, model, accept=None):
+        self.model, self.accept = model.eval(), accept
 
     def state(self, **meta):
         """What the shipped checkpoint keeps of this reader under "reader": weights and plain facts."""
         return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                "width": self.model.rnn.hidden_size // 2, "pad": self.pad, **meta}
+                "width": self.model.rnn.hidden_size // 2, **meta}
 
     @classmethod
     def from_state(cls, state):
         model = CRNN(state["width"])
         model.load_state_dict(state["state_dict"])
-        return cls(model, accept_rule(state.get("accept")), state.get("pad", 0.0))  # a reader saved before pads: none
+        return cls(model, accept_rule(state.get("accept")))
 
     name = "own"
 

@@ -343,8 +343,7 @@ def failures(own_found, profile, results, data=""):
     """The tool's wrong test readings (billing, ambiguity accepted), lowest confidence first, listed and drawn."""
     photos, labels = study.test_pairs(profile, data)
     display(reading_eval.failures(own_found))
-    from .ownreader import STRIP_PAD  # the recipe of the reader notebook 06 trained
-    fig = figures.reading_examples(own_found, photos, labels, _shipped(results), STRIP_PAD)
+    fig = figures.reading_examples(own_found, photos, labels, _shipped(results))
     if fig is not None:
         figures.save(fig, results, "06_reading_failures")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .tool.geometry import grown_quad, rectify
+from .tool.geometry import order_corners, rectify
 from .tool.photos import DataError, label_readings, open_photo, read_label, to_rgb
 
 STRIP_H, WHEELS_H = 80, 200  # pixels: the whole strip, and its last two wheels enlarged
@@ -15,12 +15,19 @@ PAD = 0.25  # the quad grown by this share of its height above and below, so tha
 ROW_W, TEXT_W = 1000, 240
 
 
+def padded_quad(quad, pad=PAD):
+    """The labelled quad grown by `pad` x its height above and below (top and bottom edges moved apart)."""
+    q = order_corners(quad)
+    down = ((q[3] - q[0]) + (q[2] - q[1])) / 2  # top edge to bottom edge
+    return np.array([q[0] - pad * down, q[1] - pad * down, q[2] + pad * down, q[3] + pad * down])
+
+
 def sheet_row(photo, label):
     """One photo's row (RGB uint8): its name and upstream's candidates, the strip, and its last two wheels enlarged.
     Lines at the window's top and bottom edges show where the labelled quad lies inside the padded strip."""
     image = np.asarray(to_rgb(open_photo(photo), photo))
     quad = read_label(label, (image.shape[1], image.shape[0]))
-    strip = rectify(image, grown_quad(quad, PAD), height=STRIP_H)
+    strip = rectify(image, padded_quad(quad), height=STRIP_H)
     edge = round(STRIP_H * PAD / (1 + 2 * PAD))  # the window's edges in the padded strip
     wheels = strip[:, round(strip.shape[1] * 3 / 5):]  # the last two of five wheels
     wheels = np.asarray(Image.fromarray(wheels).resize((max(1, round(wheels.shape[1] * WHEELS_H / STRIP_H)), WHEELS_H),

@@ -135,13 +135,12 @@ def tune(model, finals, photos, out, cfg, train=None, with_ok=False, epochs=TUNE
     half_turned = old_rule.half_turned if old_rule else 0.5
 
     person = [t for t in targets if t["by"] == "person"]
-    pad = start.pad  # the tuned reader is fed as MODEL's was
-    x_old, y_old = labelled_strips(*train, jitter=JITTER_PX, copies=COPIES, seed=seed, pad=pad)
+    x_old, y_old = labelled_strips(*train, jitter=JITTER_PX, copies=COPIES, seed=seed)
     x_new, y_new = labelled_strips([t["path"] for t in targets], [None] * len(targets), quads=[t["quad"] for t in targets],
                                    truths=[Truth(t["reading"], "", "person", ()) for t in targets],
-                                   jitter=JITTER_PX, copies=COPIES, seed=seed + 1, pad=pad)
+                                   jitter=JITTER_PX, copies=COPIES, seed=seed + 1)
     predictor = Predictor.load(model)
-    x_val, y_val = labelled_strips(*val, quads=[photo_quad(predictor, p)[0] for p in val[0]], pad=pad)
+    x_val, y_val = labelled_strips(*val, quads=[photo_quad(predictor, p)[0] for p in val[0]])
     tuned, history = train_reader(torch.cat([x_old, x_new]), y_old + y_new, x_val, y_val, epochs=epochs, seed=seed,
                                   lr=lr, start=start.model, progress=progress)
     history = pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
@@ -157,7 +156,7 @@ def tune(model, finals, photos, out, cfg, train=None, with_ok=False, epochs=TUNE
              "finals": [{"name": Path(f).name, "sha256": sha256_file(f)} for f in finals],
              "train_photos": len(train[0]), "photos": len(train[0]) + len(targets), "epochs": epochs, "lr": lr,
              "pool": len(pool), "pool_new": len(fresh)}
-    ck = {**ck, "reader": OwnReader(tuned, pad=pad).state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]),
+    ck = {**ck, "reader": OwnReader(tuned).state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]),
                                                  accept=asdict(rule), pool=pool_of(pool), tuned=facts)}
     try:
         save_checkpoint(out, ck, new=True)

@@ -117,13 +117,6 @@ def corner_error(pred, truth):
     return float(np.linalg.norm(order_corners(pred) - order_corners(truth), axis=1).mean())
 
 
-def grown_quad(quad, share):
-    """The quad grown by `share` x its height above and below (its top and bottom edges moved apart)."""
-    q = order_corners(np.asarray(quad, dtype=np.float64))
-    down = ((q[3] - q[0]) + (q[2] - q[1])) / 2  # top edge to bottom edge
-    return np.array([q[0] - share * down, q[1] - share * down, q[2] + share * down, q[3] + share * down])
-
-
 def rectify(image, quad, height=48):
     """Warp the quad of an RGB uint8 (H, W, 3) image to an upright strip of the given height."""
     import cv2

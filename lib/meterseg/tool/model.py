@@ -59,8 +59,7 @@ def load_reader(path, name="auto", threads=1):
     if path.is_dir():
         if (path / READER_ONNX).is_file():
             reader = OnnxCRNN(path / READER_ONNX, threads)
-            reading = json.loads((path / CARD).read_text(encoding="utf-8")).get("reading", {})
-            reader.accept, reader.pad = accept_rule(reading.get("accept")), float(reading.get("pad") or 0.0)
+            reader.accept = accept_rule(json.loads((path / CARD).read_text(encoding="utf-8")).get("reading", {}).get("accept"))
             return reader
     elif path.is_file():
         from ..checkpoint import torch_load

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .card import CropRule
-from .geometry import fit_quad, gap_box, gap_to_mask, grow_box, grown_quad, rectify
+from .geometry import fit_quad, gap_box, gap_to_mask, grow_box, rectify
 from .jpegcrop import lossless_crop, lossless_method
 from .photos import error_status, model_view, open_photo, to_rgb
 from .recognisers import DIGITS, Read
@@ -150,12 +150,11 @@ def read_quad(reader, image, corners, votes=VOTES, jitter=VOTE_JITTER_PX, seed=0
     pixels). The reading is the quad's own when it has DIGITS digits (one read beat the vote's winner
     on validation with our CRNN; docs/protocol.md), else the DIGITS-digit reading of the jittered reads
     with the highest summed confidence, else the quad's own as it came. Its agreement is the share of
-    all reads that gave it; its digit confidences and half-turn probabilities the means over those.
-    Each quad is grown by the reader's `pad` x its height above and below first, as the reader was trained."""
+    all reads that gave it; its digit confidences and half-turn probabilities the means over those."""
     corners = np.asarray(corners, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    quads = [corners] + [corners + rng.normal(0, jitter, corners.shape) for _ in range(votes - 1)]
-    reads = [reader.read(rectify(image, grown_quad(q, reader.pad))) for q in quads]
+    reads = [reader.read(rectify(image, q)) for q in [corners] + [corners + rng.normal(0, jitter, corners.shape)
+                                                                  for _ in range(votes - 1)]]
     tally = {}
     for r in reads:
         if len(r.digits) == DIGITS:

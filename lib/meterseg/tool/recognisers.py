@@ -72,7 +72,7 @@ class RapidReader:
     """rapidocr's recogniser: recognition only (no text detection), one thread. No accept rule was
     chosen for it, so none of its readings is 'ok'."""
 
-    name, accept, pad = "rapidocr", None, 0.0  # pad: the strip is the quad as found (read_quad)
+    name, accept = "rapidocr", None
 
     def __init__(self, threads=1):
         from rapidocr import RapidOCR
@@ -98,7 +98,7 @@ class RapidReader:
 class OnnxCRNN:
     """Our CRNN as exported by `meterseg export` (reader.onnx), run by ONNX Runtime."""
 
-    name, accept, pad = "own", None, 0.0  # tool.load_reader sets accept and pad from the card
+    name, accept = "own", None  # tool.load_reader sets accept from the card
 
     def __init__(self, path, threads=1):
         import onnxruntime as ort
