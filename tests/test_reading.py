@@ -1,5 +1,6 @@
 """Reading the meter: corners, rectification and the recogniser, checked by hand and on the sample."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -299,3 +300,41 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r2", checkpoint="runs/r2/best.pt")  # another run
     assert set(ship.decisions(tmp_path)) == {"segmenter"} and "reader" not in torch.load(ck, weights_only=True)
     assert (tmp_path / "models" / "README.md").read_text() == "# attunet.pt\n"
+
+
+def test_a_fresh_clone_ships_a_new_reader_on_the_committed_model(tmp_path, smoke_run):
+    """Git keeps attunet.pt but neither the run's best.pt nor reader.pt: notebook 06 (or 05) run again on a fresh
+    clone builds on the shipped file; a decision whose own file is missing is refused and not recorded."""
+    import shutil
+    import pandas as pd
+    import torch
+    from meterseg import ownreader, ship
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    shutil.copyfile(smoke_run[0] / "best.pt", tmp_path / "runs" / "r" / "best.pt")
+    ck = ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")
+    ship.decide(tmp_path, "crop_rule", "rule text\n", config={"crop_margin": 0.1})
+    history = pd.DataFrame([(1, 2.0, 0.5)], columns=["epoch", "ctc_loss", "val_exact"])
+    table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
+    pool = pd.DataFrame([{"image": "a", "reading": "00012", "confidence": 0.9, "min_digit_confidence": 0.8, "agreement": 1.0,
+                          "half_turn": "", "exact_billing": True, "gross": False}])
+    torch.manual_seed(0)
+    ship.reader(tmp_path, ownreader.OwnReader(ownreader.CRNN()), history, AcceptRule(), table, pool)
+    before = torch.load(ck, weights_only=True)
+    (tmp_path / "runs" / "r" / "best.pt").unlink()
+    (tmp_path / "models" / "reader.pt").unlink()  # a fresh clone
+
+    torch.manual_seed(1)
+    second = ownreader.OwnReader(ownreader.CRNN())
+    ship.reader(tmp_path, second, history, AcceptRule(0.5, 0.0, 0.2, False), table, pool)
+    after = torch.load(ck, weights_only=True)
+    assert all(torch.equal(before["state_dict"][k], v) for k, v in after["state_dict"].items())
+    assert after["config"] == before["config"] and json.loads(after["config"])["crop_margin"] == 0.1
+    assert all(torch.equal(second.model.state_dict()[k], v) for k, v in after["reader"]["state_dict"].items())
+    (tmp_path / "models" / "reader.pt").unlink()
+    ship.decide(tmp_path, "crop_rule", "rule text\n", config={"crop_margin": 0.2})  # notebook 05 again: reader kept
+    again = torch.load(ck, weights_only=True)
+    assert json.loads(again["config"])["crop_margin"] == 0.2 and load_reader(ck).accept == AcceptRule(0.5, 0.0, 0.2, False)
+    made = (tmp_path / "models" / "decisions.json").read_text()
+    with pytest.raises(FileNotFoundError, match="best.pt: missing"):
+        ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r2", checkpoint="runs/r2/best.pt")
+    assert (tmp_path / "models" / "decisions.json").read_text() == made  # the refused decision is not recorded

@@ -39,26 +39,38 @@ def decide(results, step, text, **decision):
         raise ValueError(f"{Path(results) / 'models' / DECISIONS}: no segmenter chosen yet (notebook 02 chooses it)")
     made[step] = {**decision, "text": text, **({} if step == "segmenter" else {"on_segmenter": made["segmenter"]["run"]})}
     (Path(results) / "models").mkdir(parents=True, exist_ok=True)
+    shipped = build(results, made, step)  # first: a decision the shipped file cannot carry is not recorded
     atomic_write(Path(results) / "models" / DECISIONS, (json.dumps(made, indent=1) + "\n").encode())
-    return build(results)
+    return shipped
 
 
-def build(results):
-    """results/models/attunet.pt: the chosen run's best.pt, with the crop rule in its config and the reader
-    under the key `reader` where they are decided; README.md beside it says where each came from."""
-    results, made = Path(results), decisions(results)
-    ck = torch.load(results / made["segmenter"]["checkpoint"], map_location="cpu", weights_only=True)
+def build(results, made, step):
+    """results/models/attunet.pt from the decisions `made` (the latest, `step`): the chosen run's best.pt, with the
+    crop rule in its config and the reader under the key `reader` where they are decided; README.md beside it says
+    where each came from. Git keeps attunet.pt but not the run's best.pt or reader.pt, so on a fresh clone a part
+    that `step` did not change, and whose file is not here, is taken from the shipped attunet.pt as it stands."""
+    results = Path(results)
+    path = results / "models" / "attunet.pt"
+    shipped = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
+
+    def part(name, file):
+        if file.is_file():
+            return torch.load(file, map_location="cpu", weights_only=True)
+        stand_in = shipped if name == "segmenter" else shipped.get("reader")
+        if step == name or not stand_in:
+            raise FileNotFoundError(f"{file}: missing, and {path.name} cannot stand in for it; run the notebook that "
+                                    f"decides the {name} again")
+        return stand_in
+
+    ck = {k: v for k, v in part("segmenter", results / made["segmenter"]["checkpoint"]).items() if k != "reader"}
     if "crop_rule" in made:
         ck["config"] = json.dumps({**json.loads(ck["config"]), **made["crop_rule"]["config"]})
     if "reader" in made:
-        reader = results / made["reader"]["checkpoint"]
-        if not reader.is_file():
-            raise FileNotFoundError(f"{reader}: the reader decisions.json names is missing; run notebook 06 again")
-        ck["reader"] = torch.load(reader, map_location="cpu", weights_only=True)
-    save_checkpoint(results / "models" / "attunet.pt", ck)
-    readme = "".join(head + made[step]["text"] for step, head in SECTIONS.items() if step in made)
+        ck["reader"] = part("reader", results / made["reader"]["checkpoint"])
+    save_checkpoint(path, ck)
+    readme = "".join(head + made[s]["text"] for s, head in SECTIONS.items() if s in made)
     atomic_write(results / "models" / "README.md", readme.encode())
-    return results / "models" / "attunet.pt"
+    return path
 
 
 # The shipped model's longer training, by profile: the table runs' recipe (the cosine stretched) for the seed
