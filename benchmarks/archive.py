@@ -6,7 +6,7 @@ Prints, best of --reps runs each (the output is removed between runs):
 - the local-folder engine (compress.compress, threads) on local folders: the reference;
 - the object-storage path on the in-process engine, local files (file://) and S3 (moto on
   127.0.0.1, in its own process): the cost of S3 requests, as a ratio;
-- the Ray engine with 1 and 2 actors, S3 to S3, the local Ray cluster started once beforehand
+- the Ray engine with 1 and 2 actors (--actors), S3 to S3, the local Ray cluster started once beforehand
   (its start-up is printed apart: a real cluster is up before the job).
 """
 import argparse
@@ -65,6 +65,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--photos", type=int, default=640)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--actors", type=int, nargs="+", default=[1, 2], help="the Ray engine's actor counts to time")
     ap.add_argument("--checkpoint", default=str(REPO / "results" / "models" / "attunet.pt"))
     a = ap.parse_args()
     import fsspec
@@ -104,7 +105,7 @@ def main():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         print(f"local Ray cluster start: {time.perf_counter() - t:.1f} s (not counted below)", flush=True)
         fixed = {}
-        for n in (1, 2):
+        for n in a.actors:
             rows[f"Ray engine, {n} actor(s), s3:// -> s3://"] = best(
                 lambda: compress(a.checkpoint, "s3://bench/in", "s3://bench/out", engine="ray", actors=n,
                                          progress=False), rm_s3, a.reps)
@@ -122,7 +123,7 @@ def main():
             print(f"| {name} | {sec:.2f} | {a.photos / sec:.1f} | {ref / sec:.2f}x |")
         s3_cost = rows["local engine, s3:// -> s3:// (moto)"] / rows["local engine, local folders"]
         print(f"\nS3 (moto) against local files, same engine: {s3_cost:.2f}x the time")
-        for n in (1, 2):
+        for n in a.actors:
             print(f"Ray, {n} actor(s): " + (f"fixed cost per run {fixed[n][0]:.1f} s, marginal rate {fixed[n][1]:.1f} "
                   "photos/s (from the whole set and its first quarter)" if n in fixed else
                   "the whole set took no longer than its first quarter: too few photos to split fixed and marginal cost"))

@@ -4,14 +4,14 @@ import pandas as pd
 
 from meterseg.config import make_config
 from meterseg.dataset import split_pairs
-from meterseg.simulation import PER_MONTH, months, verdict
+from meterseg.simulation import MONTHS, PER_MONTH, months, verdict
 
 
 def test_the_months_and_the_base_split_the_train_photos():
     cfg = make_config("smoke")
     (base, _), parts = months(cfg)
     photos = [p for part, _ in parts for p in part]
-    assert [len(p) for p, _ in parts] == [PER_MONTH["smoke"]] * 4
+    assert [len(p) for p, _ in parts] == [PER_MONTH["smoke"]] * MONTHS["smoke"]
     assert sorted(base + photos) == sorted(split_pairs(cfg, "train")[0]) and len(set(base + photos)) == len(base + photos)
     assert months(cfg)[0][0] == base and months(cfg, seed=1)[0][0] != base  # seeded
 

@@ -17,16 +17,17 @@ from .tool.review import apply_corrections, read_table
 from .tool.runner import read
 from .tune import pool_of, tune, tune_epochs
 
-MONTHS = 4
+MONTHS = {"smoke": 2}  # months by profile (else 4): smoke only checks that the loop runs, and is in every test run
 PER_MONTH = {"smoke": 10}  # photos a month by profile (else 100)
 ARMS = {"corrections": False, "corrections + ok rows": True}  # arm -> tune's with_ok
 TARGET_CORRECTIONS, TARGET_GAIN = 150, 5.0  # after about 150 corrected photos, test coverage 5 points above the base's
 
 
-def months(cfg, n=MONTHS, seed=0):
+def months(cfg, seed=0):
     """(base, [month, ...]), each a (photos, labels) pair: the train split in a random order (seed), its last
-    n * PER_MONTH photos as n months and the photos before them as the base."""
+    n * PER_MONTH photos as n = MONTHS months and the photos before them as the base."""
     photos, labels = split_pairs(cfg, "train")
+    n = MONTHS.get(cfg.profile, 4)
     per = PER_MONTH.get(cfg.profile, 100)
     cut = len(photos) - n * per
     if cut < 10:
