@@ -13,10 +13,10 @@ import torch
 from conftest import SAMPLE
 from meterseg.tool import runner, stores
 from meterseg.export import export
-from meterseg.ownreader import CRNN, LastWheelNet, OwnReader, to_strip
+from meterseg.ownreader import CRNN, OwnReader, to_strip
 from meterseg.tool.pipeline import load, quad, segment
 from meterseg.predictor import Predictor, cpu_has_bf16
-from meterseg.tool.recognisers import OnnxCRNN, wheels_input
+from meterseg.tool.recognisers import OnnxCRNN
 from meterseg.tool.card import AcceptRule, CheckpointError
 from meterseg.tool.model import load_reader, load_tool
 
@@ -29,8 +29,7 @@ def shipped(smoke_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     ck = torch.load(smoke_run[0] / "best.pt", weights_only=True)
     torch.manual_seed(0)
-    ck["reader"] = OwnReader(CRNN(), last_wheel=LastWheelNet()).state(epoch=1, val_exact=0.5,
-                                                                       accept=asdict(AcceptRule(0.0, 0.0, 0.05, False)))
+    ck["reader"] = OwnReader(CRNN()).state(epoch=1, val_exact=0.5, accept=asdict(AcceptRule(0.0, 0.0, 0.05, False)))
     torch.save(ck, tmp / "model.pt")
     shutil.copyfile(smoke_run[0] / "summary.json", tmp / "summary.json")
     return tmp / "model.pt", export(tmp / "model.pt", tmp / "exported")
@@ -48,8 +47,7 @@ def photos(tmp_path, synthetic):
 
 def test_the_export_holds_both_networks_and_a_model_card(shipped):
     ck, folder = shipped
-    assert sorted(p.name for p in folder.iterdir()) == ["LICENSE", "last_wheel.onnx", "model.json", "reader.onnx",
-                                                        "segmenter.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["LICENSE", "model.json", "reader.onnx", "segmenter.onnx"]
     card = json.loads((folder / "model.json").read_text())
     assert card["input"]["size"] == 64 and card["crop"]["margin"] == Predictor.load(ck).crop_rule.margin
     assert card["output"]["classes"] == ["background", "counter window"]
@@ -57,7 +55,6 @@ def test_the_export_holds_both_networks_and_a_model_card(shipped):
     assert card["training_data"]["commit"].startswith("53bdd22") and card["training_data"]["licence"].startswith("MIT")
     assert "not tested on gas meters" in card["known_limits"]
     assert card["reading"]["accept"] == asdict(AcceptRule(0.0, 0.0, 0.05, False)) == asdict(load_reader(folder).accept)
-    assert card["reading"]["last_wheel"]["file"] == "last_wheel.onnx" and load_reader(folder).last_wheel is not None
     with pytest.raises(CheckpointError, match="exported: already exists"):
         export(ck, folder)
 
@@ -79,16 +76,11 @@ def test_onnx_agrees_with_torch(shipped, photos):
             assert np.abs(qa - qb).max() <= 0.5
     assert found >= 4
     strips = np.random.default_rng(0).integers(0, 255, (4, 40, 150, 3), dtype=np.uint8)
-    torch_reader = OwnReader.from_state(torch.load(ck, weights_only=True)["reader"])
-    onnx_reader = OnnxCRNN(folder / "reader.onnx", last_wheel=folder / "last_wheel.onnx")
+    onnx_reader, torch_reader = OnnxCRNN(folder / "reader.onnx"), OwnReader.from_state(torch.load(ck, weights_only=True)["reader"])
     for s in strips:
         ref = torch_reader.model(to_strip(s)[None]).detach().numpy()
         got = onnx_reader.session.run(None, {"strip": to_strip(s)[None].numpy()})[0]
         assert np.abs(ref - got).max() < 1e-4
-        wheels = torch.from_numpy(wheels_input(s))[None]
-        ref = torch_reader.last_wheel(wheels).detach().numpy()
-        assert np.abs(ref - onnx_reader.last_wheel.run(None, {"wheels": wheels.numpy()})[0]).max() < 1e-4
-        assert onnx_reader.read(s).digits == torch_reader.read(s).digits
 
 
 def test_compress_and_read_from_an_export_without_torch(shipped, photos, tmp_path, monkeypatch):

@@ -236,53 +236,6 @@ def test_greedy_ctc_decode_by_hand():
     assert read.digits == "49" and read.digit_confidence == (0.9, 0.9) and read.half_turn == (0.3, 0.7)
 
 
-def test_the_last_wheel_check_lowers_a_wheel_still_arriving_by_hand():
-    """p(arriving) >= 0.5 on a last wheel read at rest: one unit less, borrowing through zeros (the wheels were
-    read as mostly shown); the last digit's confidence never above the check's; a wheel read half-turned is kept."""
-    from meterseg.tool.recognisers import BETWEEN, BLANK, greedy_decode
-
-    def logp(classes, p=0.9):
-        out = np.log(np.full((2 * len(classes), BLANK + 1), 1e-9))
-        for t, k in enumerate(classes):
-            out[2 * t, k], out[2 * t, (k + 1) % BLANK], out[2 * t + 1, BLANK] = np.log(p), np.log(1 - p), 0.0
-        return out
-
-    assert greedy_decode(logp([0, 0, 0, 1, 0])).digits == "00010"
-    read = greedy_decode(logp([0, 0, 0, 1, 0]), arriving=0.8)
-    assert read.digits == "00009" and read.digit_confidence[-1] == 0.8 and read.half_turn[-1] == 0.8
-    assert greedy_decode(logp([0, 0, 0, 0, 0]), arriving=0.6).digits == "99999"
-    read = greedy_decode(logp([4, 5, 1, 2, 7]), arriving=0.3)
-    assert read.digits == "45127" and read.digit_confidence[-1] == 0.7 and read.digit_confidence[:4] == (0.9,) * 4
-    assert greedy_decode(logp([4, 5, 1, 2, 7]), arriving=0.99).digit_confidence[-1] == 0.9  # the CRNN's, the lower
-    assert greedy_decode(logp([4, 5, 1, 2, BETWEEN + 6]), arriving=0.9).digits == "45126"  # already read leaving 6
-    assert greedy_decode(logp([4, 5, 1, 2]), arriving=0.9).digits == "4512"  # not 5 digits: nothing to lower
-
-
-def test_the_last_wheel_check_learns_where_a_digit_sits():
-    """Strips whose last digit sits high or low in its wheel, and the neighbour's always centred: the check must
-    tell them apart on strips it did not train on (flattened features keep the height a pooled row loses)."""
-    from PIL import ImageDraw, ImageFont
-    from meterseg import ownreader
-    from meterseg.tool.recognisers import wheels_input
-    rng = np.random.default_rng(0)
-    font = ImageFont.load_default(size=26)
-
-    def strip(low):
-        im = Image.new("RGB", (150, 48), "white")
-        draw = ImageDraw.Draw(im)
-        for i, d in enumerate(rng.integers(0, 10, 5)):
-            draw.text((6 + 29 * i, 16 if i == 4 and low else 8 if i < 4 else 0), str(d), fill="black", font=font)
-        return wheels_input(np.asarray(im))
-
-    torch = __import__("torch")
-    ys = rng.integers(0, 2, 96)
-    x, y = torch.tensor(np.stack([strip(v) for v in ys])), torch.tensor(ys)
-    model, history = ownreader.train_last_wheel(x[:64], y[:64], x[64:], y[64:], epochs=12, batch=16)
-    assert max(acc for _, _, acc in history) >= 0.9
-    with torch.no_grad():
-        assert float((model(x[64:]).argmax(-1) == y[64:]).float().mean()) >= 0.9  # the best epoch is the one kept
-
-
 def test_own_reader_learns_a_few_strips():
     """Rendered digit strips: the CRNN must fit 12 of them (a broken CTC set-up cannot)."""
     from PIL import ImageDraw, ImageFont
@@ -317,7 +270,7 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
         load_reader(ck, "own")
     assert isinstance(load_reader(ck, "auto"), recognisers.RapidReader)
     torch.manual_seed(0)
-    own = ownreader.OwnReader(ownreader.CRNN(), last_wheel=ownreader.LastWheelNet())
+    own = ownreader.OwnReader(ownreader.CRNN())
     history = pd.DataFrame([(1, 2.0, 0.5), (2, 1.0, 0.75)], columns=["epoch", "ctc_loss", "val_exact"])
     rule = AcceptRule(0.93, 7 / 9, 0.2, True)
     table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
@@ -334,7 +287,7 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     assert "300 of 600 (50.0 %) with 3 wrong" in text and "no rule tried met the target" in text
     assert text.index("## The crop rule") < text.index("## The reader")
     back = load_reader(ck)
-    assert isinstance(back, ownreader.OwnReader) and back.accept == rule and back.last_wheel is not None
+    assert isinstance(back, ownreader.OwnReader) and back.accept == rule
     assert torch.load(ck, weights_only=True)["reader"]["pool"]["reading"] == ["00012"]  # what tune chooses again on
     strip = np.random.default_rng(0).integers(0, 255, (40, 150, 3), dtype=np.uint8)
     assert back.read(strip) == own.read(strip)

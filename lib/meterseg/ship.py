@@ -128,24 +128,15 @@ def reader(results, own, history, accept, rule_table, pool):
     scored out-of-fold reads the rule was chosen on, goes with it: `meterseg tune` chooses the rule again on
     them with the corrected photos added."""
     best = history.loc[history["val_exact"].idxmax()]
-    checked = history.loc[history["last_wheel_val_acc"].idxmax()] if "last_wheel_val_acc" in history else None
     save_checkpoint(Path(results) / "models" / READER,
                     own.state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]), accept=asdict(accept),
-                              pool=pool_of(pool)) | ({} if checked is None else {
-                                  "last_wheel_epoch": int(checked["epoch"]),
-                                  "last_wheel_val_acc": float(checked["last_wheel_val_acc"])}))
+                              pool=pool_of(pool)))
     chosen = rule_table[rule_table["chosen"]].iloc[0]
     met = chosen["upper_error"] <= TARGET_ERROR and chosen["gross"] == 0
     text = (f"Key `reader`: our CRNN (notebook 06), trained on every train photo's rectified labelled quad with its billing "
             f"reading (data/labels/water-meters-billing.csv; a wheel caught between two digits taught as the digit it is "
             f"leaving, a carry decided by the wheel to its right) as the target, epoch {int(best['epoch'])} chosen by "
-            f"billing readings of the validation split's predicted quads ({100 * best['val_exact']:.1f} %). "
-            + ("" if checked is None or own.last_wheel is None else
-               f"Its last-wheel check (a small classifier on the strip's last two wheels: is the last wheel still "
-               f"arriving at the digit it mostly shows?), epoch {int(checked['epoch'])} by validation accuracy "
-               f"({100 * checked['last_wheel_val_acc']:.1f} %), lowers by one unit a reading whose last wheel the CRNN "
-               f"read at rest where it says so. ")
-            + f"A reading is "
+            f"billing readings of the validation split's predicted quads ({100 * best['val_exact']:.1f} %). A reading is "
             f"`ok` when {accept} holds, else `review`. It was chosen on out-of-fold reads of the train split for no gross "
             f"error (more than one unit off) and at most {100 * TARGET_ERROR:g} % wrong among `ok` (billing, ambiguity "
             f"accepted; one-sided 95 % bound): there it accepts {int(chosen['ok'])} of {int(chosen['photos'])} "
