@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .tool.card import CARD, LAST_WHEEL_ONNX, READER_ONNX, SEGMENTER_ONNX, CheckpointError, CropRule
+from .tool.card import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, CropRule
 from .checkpoint import load_model, torch_load
 from .config import REPO
-from .tool.recognisers import HEIGHT, WHEELS_H, WHEELS_W, WIDTH
+from .tool.recognisers import HEIGHT, WIDTH
 
 UPSTREAM = {"name": "water-meters", "source": "github.com/iaoqian/water_meter_recognition", "folder": "WaterMeterDataset",
             "commit": "53bdd22a3b91f18ed4f8140757368fe6ee44ecb7", "licence": "MIT (the repository's; no separate "
@@ -74,10 +74,6 @@ def model_card(ck, cfg, summary, has_reader):
         "crop": {**asdict(CropRule.of(cfg)),
                  "rule": CropRule.__doc__.split(":", 1)[1].strip().replace("\n    ", " ")},
         "reading": {"file": READER_ONNX if has_reader else None, "strip": [HEIGHT, WIDTH], "digits": 5,
-                    "last_wheel": {"file": LAST_WHEEL_ONNX, "input": [WHEELS_H, WHEELS_W],
-                                   "meaning": "p(the last wheel is still arriving at the digit it mostly shows), "
-                                              "on the strip's last two fifths"}
-                    if "last_wheel" in ck.get("reader", {}) else None,
                     "min_confidence": MIN_CONFIDENCE, "refine_margin": REFINE_MARGIN, "votes": VOTES,
                     "vote_jitter_px": VOTE_JITTER_PX, "reader_epoch": ck.get("reader", {}).get("epoch"),
                     "reader_val_exact": ck.get("reader", {}).get("val_exact"), "accept": ck.get("reader", {}).get("accept"),
@@ -100,7 +96,7 @@ def model_card(ck, cfg, summary, has_reader):
 
 def export(checkpoint, out, summary=None):
     """Write out/ (refused when it exists): segmenter.onnx, reader.onnx when the checkpoint carries
-    our CRNN (and last_wheel.onnx when the reader has its last-wheel check), and model.json. summary: the run's summary dict (default: find_summary)."""
+    our CRNN, and model.json. summary: the run's summary dict (default: find_summary)."""
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"{out}: already exists; export writes a new folder and never replaces one")
@@ -115,10 +111,8 @@ def export(checkpoint, out, summary=None):
               torch.zeros(1, 3, cfg["size"], cfg["size"], dtype=torch.uint8), tmp / SEGMENTER_ONNX, "image", "gap")
         if "reader" in ck:
             from .ownreader import OwnReader
-            own = OwnReader.from_state(ck["reader"])
-            _onnx(own.model, torch.zeros(1, 1, HEIGHT, WIDTH), tmp / READER_ONNX, "strip", "logp")
-            if own.last_wheel is not None:
-                _onnx(own.last_wheel, torch.zeros(1, 1, WHEELS_H, WHEELS_W), tmp / LAST_WHEEL_ONNX, "wheels", "logp")
+            crnn = OwnReader.from_state(ck["reader"]).model.eval()
+            _onnx(crnn, torch.zeros(1, 1, HEIGHT, WIDTH), tmp / READER_ONNX, "strip", "logp")
         card = model_card(ck, cfg, summary, "reader" in ck)
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
         licence = REPO / "LICENSE"

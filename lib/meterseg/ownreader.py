@@ -12,13 +12,7 @@ from .tool.card import accept_rule
 from .tool.geometry import rectify
 from .labels import truth_of, turning_wheels
 from .tool.photos import open_photo, read_label, to_rgb
-from .tool.recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input, wheels_input
-
-
-def block(cin, cout, pool):
-    """Convolution, batch norm, ReLU, max pooling."""
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True), nn.MaxPool2d(pool))
+from .tool.recognisers import BETWEEN, BLANK, DIGITS, billed, greedy_decode, strip_input
 
 
 class CRNN(nn.Module):
@@ -26,6 +20,9 @@ class CRNN(nn.Module):
 
     def __init__(self, width=32):
         super().__init__()
+        def block(cin, cout, pool):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                                 nn.ReLU(inplace=True), nn.MaxPool2d(pool))
         self.conv = nn.Sequential(block(1, width, 2), block(width, 2 * width, 2), block(2 * width, 4 * width, (2, 1)),
                                   block(4 * width, 4 * width, (4, 1)))  # (N, 4w, 1, WIDTH / 4)
         self.rnn = nn.GRU(4 * width, 2 * width, bidirectional=True, batch_first=True)
@@ -35,20 +32,6 @@ class CRNN(nn.Module):
         """(N, 1, HEIGHT, WIDTH) -> (N, WIDTH / 4, 21) log-probabilities: digits, half-turned digits, blank."""
         f = self.conv(x).squeeze(2).transpose(1, 2)
         return F.log_softmax(self.head(self.rnn(f)[0]), dim=-1)
-
-
-class LastWheelNet(nn.Module):
-    """Is the last wheel still arriving at the digit it mostly shows? Convolutions over the strip's last two
-    wheels, flattened (where a digit sits is the signal), to 2 classes: not arriving, arriving."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Sequential(block(1, 16, 2), block(16, 32, 2), block(32, 64, 2), block(64, 64, 2))
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * 3 * 5, 2))
-
-    def forward(self, x):
-        """(N, 1, WHEELS_H, WHEELS_W) -> (N, 2) log-probabilities."""
-        return F.log_softmax(self.head(self.conv(x)), dim=-1)
 
 
 def to_strip(image):
@@ -80,55 +63,6 @@ def labelled_strips(photos, labels, quads=None, jitter=0.0, copies=0, seed=0, tr
             xs.append(to_strip(rectify(image, q)))
             ys.append(tokens)
     return torch.stack(xs), ys
-
-
-def last_wheel_crops(photos, labels, quads=None, jitter=0.0, copies=0, seed=0):
-    """(inputs (N,1,WHEELS_H,WHEELS_W), targets (N,): 1 where the last wheel is arriving) of the photos whose
-    billing label says at rest, leaving or arriving (an ambiguous phase or a carry teaches nothing here), from
-    the tool's strip of each labelled quad (or `quads`), with `copies` more whose corners are jittered."""
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for k, (photo, label) in enumerate(zip(photos, labels)):
-        state = truth_of(label).state
-        if state not in ("at_rest", "leaving", "arriving") or (quads is not None and quads[k] is None):
-            continue
-        image = np.asarray(to_rgb(open_photo(photo), photo))
-        quad = np.array(read_label(label, (image.shape[1], image.shape[0])) if quads is None else quads[k])
-        for c in range(1 + copies):
-            xs.append(torch.from_numpy(wheels_input(rectify(image, quad + (rng.normal(0, jitter, quad.shape) if c else 0)))))
-            ys.append(int(state == "arriving"))
-    return (torch.stack(xs), torch.tensor(ys)) if xs else (None, None)
-
-
-def train_last_wheel(x, y, x_val, y_val, epochs=20, seed=0, lr=1e-3, batch=64):
-    """Train a LastWheelNet with cross-entropy; keeps the epoch with the best validation accuracy.
-    Returns (model in eval mode, history of (epoch, loss, val accuracy))."""
-    torch.manual_seed(seed)
-    model = LastWheelNet()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(x) + batch - 1) // batch))
-    g = torch.Generator().manual_seed(seed)
-    best, best_state, history = -1.0, None, []
-    for epoch in range(epochs):
-        model.train()
-        total = 0.0
-        for idx in torch.randperm(len(x), generator=g).split(batch):
-            xb = x[idx] * (1 + 0.2 * (torch.rand(len(idx), 1, 1, 1, generator=g) - 0.5))  # contrast jitter
-            xb = torch.roll(xb, int(torch.randint(-3, 4, (1,), generator=g)), dims=3)  # horizontal only: height is the signal
-            loss = F.nll_loss(model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        model.eval()
-        with torch.no_grad():
-            acc = float((model(x_val).argmax(-1) == y_val).float().mean()) if len(x_val) else 0.0
-        history.append((epoch + 1, total / len(x), acc))
-        if acc > best:
-            best, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    return model.eval(), history
 
 
 def train_reader(x, ys, x_val, ys_val, epochs=40, seed=0, lr=2e-3, batch=32, clip=5.0, start=None, progress=False):
@@ -180,37 +114,25 @@ def read_strips(model, x):
     return [greedy_decode(lp.numpy()).digits for lp in model(x)]
 
 
-def _weights(model):
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-
 class OwnReader:
-    """The trained CRNN under torch, with its last-wheel check where it has one, behind the recognisers'
-    interface (read(strip) -> Read)."""
+    """The trained CRNN under torch, behind the recognisers' interface (read(strip) -> (digits, confidence))."""
 
-    def __init__(self, model, accept=None, last_wheel=None):
+    def __init__(self, model, accept=None):
         self.model, self.accept = model.eval(), accept
-        self.last_wheel = None if last_wheel is None else last_wheel.eval()
 
     def state(self, **meta):
         """What the shipped checkpoint keeps of this reader under "reader": weights and plain facts."""
-        return {"state_dict": _weights(self.model), "width": self.model.rnn.hidden_size // 2, **meta} | (
-            {} if self.last_wheel is None else {"last_wheel": _weights(self.last_wheel)})
+        return {"state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                "width": self.model.rnn.hidden_size // 2, **meta}
 
     @classmethod
     def from_state(cls, state):
         model = CRNN(state["width"])
         model.load_state_dict(state["state_dict"])
-        last_wheel = None
-        if "last_wheel" in state:
-            last_wheel = LastWheelNet()
-            last_wheel.load_state_dict(state["last_wheel"])
-        return cls(model, accept_rule(state.get("accept")), last_wheel)
+        return cls(model, accept_rule(state.get("accept")))
 
     name = "own"
 
     @torch.no_grad()
     def read(self, image):
-        arriving = None if self.last_wheel is None else float(
-            self.last_wheel(torch.from_numpy(wheels_input(image))[None])[0, 1].exp())
-        return greedy_decode(self.model(to_strip(image)[None])[0].numpy(), arriving)
+        return greedy_decode(self.model(to_strip(image)[None])[0].numpy())

@@ -139,25 +139,16 @@ def train_own_reader(cfg, predictor, photos=None, labels=None, epochs=None, jitt
     """Our CRNN trained on rectified labelled quads of the train split (or of the photos given), every photo
     with its billing reading as the target, each also with `copies` copies whose corners are jittered by
     `jitter` px, like predicted corners, for `epochs` (READER_EPOCHS); its epoch picked on the validation split
-    as the tool sees it (predicted quads). Its last-wheel check is trained on the same photos and strips, its
-    epoch picked on validation accuracy likewise (none where no photo has a phase label).
-    (OwnReader, history DataFrame: the CRNN's, and the check's loss and validation accuracy by epoch)."""
+    as the tool sees it (predicted quads): (OwnReader, history DataFrame)."""
     from .dataset import split_pairs
-    from .ownreader import OwnReader, labelled_strips, last_wheel_crops, train_last_wheel, train_reader
+    from .ownreader import OwnReader, labelled_strips, train_reader
     photos, labels = (photos, labels) if photos is not None else split_pairs(cfg, "train")
     epochs = epochs or READER_EPOCHS.get(cfg.profile, 20)
     x, ys = labelled_strips(photos, labels, jitter=jitter, copies=copies, seed=seed)
     vp, vl = split_pairs(cfg, "val")
-    quads = [photo_quad(predictor, p)[0] for p in vp]
-    xv, yv = labelled_strips(vp, vl, quads=quads)
+    xv, yv = labelled_strips(vp, vl, quads=[photo_quad(predictor, p)[0] for p in vp])
     model, history = train_reader(x, ys, xv, yv, epochs=epochs, seed=seed)
-    history = pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
-    (xw, yw), (xwv, ywv) = last_wheel_crops(photos, labels, jitter=jitter, copies=copies, seed=seed), last_wheel_crops(vp, vl, quads)
-    if xw is None or xwv is None:
-        return OwnReader(model), history
-    last_wheel, checked = train_last_wheel(xw, yw, xwv, ywv, epochs=epochs, seed=seed)
-    return OwnReader(model, last_wheel=last_wheel), history.merge(
-        pd.DataFrame(checked, columns=["epoch", "last_wheel_loss", "last_wheel_val_acc"]), on="epoch")
+    return OwnReader(model), pd.DataFrame(history, columns=["epoch", "ctc_loss", "val_exact"])
 
 
 def tool_reads(predictor, reader, photos, labels):

@@ -156,8 +156,7 @@ def tune(model, finals, photos, out, cfg, train=None, with_ok=False, epochs=TUNE
              "finals": [{"name": Path(f).name, "sha256": sha256_file(f)} for f in finals],
              "train_photos": len(train[0]), "photos": len(train[0]) + len(targets), "epochs": epochs, "lr": lr,
              "pool": len(pool), "pool_new": len(fresh)}
-    # the last-wheel check is MODEL's: a correction says the reading, not the last wheel's phase
-    ck = {**ck, "reader": OwnReader(tuned, last_wheel=start.last_wheel).state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]),
+    ck = {**ck, "reader": OwnReader(tuned).state(epoch=int(best["epoch"]), val_exact=float(best["val_exact"]),
                                                  accept=asdict(rule), pool=pool_of(pool), tuned=facts)}
     try:
         save_checkpoint(out, ck, new=True)

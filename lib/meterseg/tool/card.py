@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import CROP_MARGIN
 
 CARD = "model.json"
-SEGMENTER_ONNX, READER_ONNX, LAST_WHEEL_ONNX = "segmenter.onnx", "reader.onnx", "last_wheel.onnx"
+SEGMENTER_ONNX, READER_ONNX = "segmenter.onnx", "reader.onnx"
 
 
 class CheckpointError(ValueError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .card import CARD, LAST_WHEEL_ONNX, READER_ONNX, SEGMENTER_ONNX, CheckpointError, accept_rule, read_card
+from .card import CARD, READER_ONNX, SEGMENTER_ONNX, CheckpointError, accept_rule, read_card
 
 READERS = ("auto", "own", "rapidocr")
 
@@ -58,8 +58,7 @@ def load_reader(path, name="auto", threads=1):
         return RapidReader(threads)
     if path.is_dir():
         if (path / READER_ONNX).is_file():
-            reader = OnnxCRNN(path / READER_ONNX, threads,
-                              path / LAST_WHEEL_ONNX if (path / LAST_WHEEL_ONNX).is_file() else None)
+            reader = OnnxCRNN(path / READER_ONNX, threads)
             reader.accept = accept_rule(json.loads((path / CARD).read_text(encoding="utf-8")).get("reading", {}).get("accept"))
             return reader
     elif path.is_file():

@@ -11,7 +11,6 @@ DIGITS = 5  # a water-meter counter shows 5 wheels
 HEIGHT, WIDTH = 32, 128  # the CRNN's input strip: a 5-digit window is about 4:1
 BETWEEN = 10  # class BETWEEN + d: a wheel caught between d and the next digit (its billing digit is d)
 BLANK = 20  # the CRNN's CTC blank; classes 0-9 are the digits, 10-19 the half-turned wheels
-WHEELS_H, WHEELS_W = 48, 80  # the last-wheel check's input: the strip's last two fifths (last wheel and neighbour)
 
 
 class Read(NamedTuple):
@@ -32,26 +31,12 @@ def strip_input(image):
     return ((np.asarray(grey, dtype=np.float32) / 255 - 0.5) / 0.25)[None]
 
 
-def wheels_input(image):
-    """The last two fifths of an RGB strip (the last wheel and its neighbour) as the last-wheel check's normalised
-    grey float32 (1, WHEELS_H, WHEELS_W) input."""
-    from PIL import Image
-    tail = np.ascontiguousarray(image[:, round(image.shape[1] * 3 / 5):])
-    grey = Image.fromarray(tail).convert("L").resize((WHEELS_W, WHEELS_H), Image.Resampling.BILINEAR)
-    return ((np.asarray(grey, dtype=np.float32) / 255 - 0.5) / 0.25)[None]
-
-
-def greedy_decode(logp, arriving=None):
+def greedy_decode(logp):
     """Best path of (T, 21) log-probabilities as a Read. A wheel's digit is its class mod 10 (a half-turned
     wheel is read as the digit it is leaving), except that a half-turned wheel whose right-hand neighbour reads 0
     has passed and counts its next digit (a carry: the wheel to the right decides); its confidence the highest
     probability of that digit, shown or half-turned, over the steps that emit it; its half_turn the highest
-    probability of it half-turned.
-
-    arriving: the last-wheel check's probability that the last wheel is still arriving at the digit it mostly
-    shows. From 0.5, a 5-digit reading whose last wheel the CRNN read at rest is lowered by one unit (its wheels
-    were read as mostly shown; the count has not reached it) and the last wheel counts as half-turned; the last
-    digit's confidence is never above the check's own, max(arriving, 1 - arriving)."""
+    probability of it half-turned."""
     probs = np.exp(np.asarray(logp, dtype=np.float64))
     best = probs.argmax(-1).tolist()
     out, conf, half, turning, prev = [], [], [], [], BLANK
@@ -69,13 +54,8 @@ def greedy_decode(logp, arriving=None):
             half.append(h)
             turning.append(k >= BETWEEN)
         prev = k
-    digits = billed(out, turning)
-    if arriving is not None and len(out) == DIGITS:
-        conf[-1] = min(conf[-1], max(arriving, 1 - arriving))
-        if arriving >= 0.5 and not turning[-1]:
-            digits, half[-1] = f"{(int(digits) - 1) % 10 ** DIGITS:0{DIGITS}d}", max(half[-1], arriving)
     conf, half = tuple(round(float(c), 4) for c in conf), tuple(round(float(u), 4) for u in half)
-    return Read(digits, float(np.mean(conf)) if conf else 0.0, conf, half)
+    return Read(billed(out, turning), float(np.mean(conf)) if conf else 0.0, conf, half)
 
 
 def billed(digits, turning):
@@ -116,21 +96,16 @@ class RapidReader:
 
 
 class OnnxCRNN:
-    """Our CRNN as exported by `meterseg export` (reader.onnx), run by ONNX Runtime, with its last-wheel check
-    (last_wheel.onnx) where the export has one."""
+    """Our CRNN as exported by `meterseg export` (reader.onnx), run by ONNX Runtime."""
 
     name, accept = "own", None  # tool.load_reader sets accept from the card
 
-    def __init__(self, path, threads=1, last_wheel=None):
+    def __init__(self, path, threads=1):
         import onnxruntime as ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.last_wheel = None if last_wheel is None else ort.InferenceSession(str(last_wheel), opts,
-                                                                               providers=["CPUExecutionProvider"])
 
     def read(self, image):
         logp = self.session.run(None, {"strip": strip_input(image)[None]})[0][0]
-        arriving = None if self.last_wheel is None else float(
-            np.exp(self.last_wheel.run(None, {"wheels": wheels_input(image)[None]})[0][0, 1]))
-        return greedy_decode(logp, arriving)
+        return greedy_decode(logp)
