@@ -255,6 +255,15 @@ def test_own_reader_learns_a_few_strips():
     assert max(e for _, _, e in history) >= 0.75
 
 
+def rule_table_and_pool():
+    """A chosen rule's row (300 of 600 ok, 3 wrong) and a one-read out-of-fold pool, as ship.reader takes them."""
+    import pandas as pd
+    table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
+    pool = pd.DataFrame([{"image": "a", "reading": "00012", "confidence": 0.9, "min_digit_confidence": 0.8, "agreement": 1.0,
+                          "half_turn": "", "exact_billing": True, "gross": False}])
+    return table, pool
+
+
 def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smoke_run):
     """ship.reader records the CRNN and builds it into the one shipped file; load_reader gives back the same
     network; choosing another segmenter drops the decisions made on the old one."""
@@ -273,10 +282,8 @@ def test_the_reader_ships_inside_the_checkpoint_and_read_picks_it(tmp_path, smok
     own = ownreader.OwnReader(ownreader.CRNN())
     history = pd.DataFrame([(1, 2.0, 0.5), (2, 1.0, 0.75)], columns=["epoch", "ctc_loss", "val_exact"])
     rule = AcceptRule(0.93, 7 / 9, 0.2, True)
-    table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
     nothing_ok = pd.DataFrame([{"chosen": True, "photos": 40, "ok": 0, "coverage": 0.0, "wrong": 0, "gross": 0, "upper_error": 1.0}])
-    pool = pd.DataFrame([{"image": "a", "reading": "00012", "confidence": 0.9, "min_digit_confidence": 0.8, "agreement": 1.0,
-                          "half_turn": "", "exact_billing": True, "gross": False}])
+    table, pool = rule_table_and_pool()
     ship.reader(tmp_path, own, history, rule, nothing_ok, pool)  # smoke data: no reading accepted (CI failed here)
     assert "accepts 0 of 40 (0.0 %)" in (tmp_path / "models" / "README.md").read_text()
     for _ in range(2):  # a rerun of notebook 06 replaces the reader, it does not pile up
@@ -314,9 +321,7 @@ def test_a_fresh_clone_ships_a_new_reader_on_the_committed_model(tmp_path, smoke
     ck = ship.decide(tmp_path, "segmenter", "# attunet.pt\n", run="r", checkpoint="runs/r/best.pt")
     ship.decide(tmp_path, "crop_rule", "rule text\n", config={"crop_margin": 0.1})
     history = pd.DataFrame([(1, 2.0, 0.5)], columns=["epoch", "ctc_loss", "val_exact"])
-    table = pd.DataFrame([{"chosen": True, "photos": 600, "ok": 300, "coverage": 0.5, "wrong": 3, "gross": 0, "upper_error": 0.0213}])
-    pool = pd.DataFrame([{"image": "a", "reading": "00012", "confidence": 0.9, "min_digit_confidence": 0.8, "agreement": 1.0,
-                          "half_turn": "", "exact_billing": True, "gross": False}])
+    table, pool = rule_table_and_pool()
     torch.manual_seed(0)
     ship.reader(tmp_path, ownreader.OwnReader(ownreader.CRNN()), history, AcceptRule(), table, pool)
     before = torch.load(ck, weights_only=True)

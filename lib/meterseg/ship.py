@@ -51,11 +51,11 @@ def build(results, made, step):
     that `step` did not change, and whose file is not here, is taken from the shipped attunet.pt as it stands."""
     results = Path(results)
     path = results / "models" / "attunet.pt"
-    shipped = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
 
     def part(name, file):
         if file.is_file():
             return torch.load(file, map_location="cpu", weights_only=True)
+        shipped = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else {}
         stand_in = shipped if name == "segmenter" else shipped.get("reader")
         if step == name or not stand_in:
             raise FileNotFoundError(f"{file}: missing, and {path.name} cannot stand in for it; run the notebook that "
