@@ -77,6 +77,23 @@ def test_greedy_decode_counts_a_carry():
         assert greedy_decode(logp).digits == want
 
 
+def test_greedy_decode_turns_a_wheel_beside_a_turning_9():
+    """A wheel read at rest on 3 beside a last wheel caught leaving 9 must be turning too: it bills 2 where
+    'leaving 2' is likelier than 'leaving 3', else 3; beside a 9 at rest, or read at rest on 0, it is left."""
+    def logp(tens, last, leaving_2, leaving_3):
+        steps = [0, BLANK, 0, BLANK, 1, BLANK, tens, BLANK, last]
+        out = np.log(np.full((len(steps), BLANK + 1), 1e-6))
+        out[np.arange(len(steps)), steps] = 0.0
+        out[6, BETWEEN + 2], out[6, BETWEEN + 3] = np.log([leaving_2, leaving_3])
+        return out
+    lowered = greedy_decode(logp(3, BETWEEN + 9, 0.2, 0.05))
+    assert lowered.digits == "00129"
+    assert lowered.digit_confidence[3] == pytest.approx(0.2, abs=1e-4)  # the CRNN hardly believed a 2: review
+    assert greedy_decode(logp(3, BETWEEN + 9, 0.05, 0.2)).digits == "00139"
+    assert greedy_decode(logp(3, 9, 0.2, 0.05)).digits == "00139"
+    assert greedy_decode(logp(0, BETWEEN + 9, 0.2, 0.05)).digits == "00109"
+
+
 def test_units_off():
     t = Truth("00420", "00419", "ambiguous", ("00420",))
     assert units_off("00420", t) == 0 and units_off("00418", t) == 1 and units_off("00520", t) == 100

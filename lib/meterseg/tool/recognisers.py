@@ -33,28 +33,28 @@ def strip_input(image):
 
 def greedy_decode(logp):
     """Best path of (T, 21) log-probabilities as a Read. A wheel's digit is its class mod 10 (a half-turned
-    wheel is read as the digit it is leaving), except that a half-turned wheel whose right-hand neighbour reads 0
-    has passed and counts its next digit (a carry: the wheel to the right decides); its confidence the highest
-    probability of that digit, shown or half-turned, over the steps that emit it; its half_turn the highest
-    probability of it half-turned."""
+    wheel is read as the digit it is leaving). A counter turns a wheel only while the wheel to its right passes
+    from 9 to 0, so a wheel read at rest on d >= 1 beside a wheel turning at 9 that bills 9 is taken as turning:
+    leaving d - 1 or leaving d, whichever is likelier. Then `billed` counts a carry. A digit's confidence is the
+    highest probability of that digit, shown or half-turned, over the steps that emit it; its half_turn the
+    highest probability of it half-turned."""
     probs = np.exp(np.asarray(logp, dtype=np.float64))
-    best = probs.argmax(-1).tolist()
-    out, conf, half, turning, prev = [], [], [], [], BLANK
-    for t, k in enumerate(best):
-        if k == BLANK:
-            prev = k
-            continue
-        d = k % BETWEEN
-        c, h = probs[t, d] + probs[t, BETWEEN + d], probs[t, BETWEEN + d]
-        if k == prev:  # the same class held over another step
-            conf[-1], half[-1] = max(conf[-1], c), max(half[-1], h)
-        else:
-            out.append(d)
-            conf.append(c)
-            half.append(h)
+    out, turning, steps, prev = [], [], [], BLANK  # steps: per wheel, the steps that emit it
+    for t, k in enumerate(probs.argmax(-1).tolist()):
+        if k != BLANK and k == prev:  # the same class held over another step
+            steps[-1].append(t)
+        elif k != BLANK:
+            out.append(k % BETWEEN)
             turning.append(k >= BETWEEN)
+            steps.append([t])
         prev = k
-    conf, half = tuple(round(float(c), 4) for c in conf), tuple(round(float(u), 4) for u in half)
+    for i in range(len(out) - 2, -1, -1):  # right to left, so that a wheel turned here is seen by the one above
+        if turning[i + 1] and billed(out, turning)[i + 1] == "9" and not turning[i] and out[i] >= 1:
+            top = probs[steps[i]].max(0)
+            out[i] -= int(top[BETWEEN + out[i] - 1] > top[BETWEEN + out[i]])
+            turning[i] = True
+    conf = tuple(round(float((probs[s, d] + probs[s, BETWEEN + d]).max()), 4) for s, d in zip(steps, out))
+    half = tuple(round(float(probs[s, BETWEEN + d].max()), 4) for s, d in zip(steps, out))
     return Read(billed(out, turning), float(np.mean(conf)) if conf else 0.0, conf, half)
 
 
